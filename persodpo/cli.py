@@ -1,0 +1,120 @@
+"""The ``persodpo`` command: one subcommand per stage, plus ``run`` (all stages in one Ray job).
+
+    persodpo ingest   --source focus --input FoCus/train.json --output s3://bucket/prompts
+    persodpo generate --config jobs/configs/demo.yaml --input PROMPTS --output CANDIDATES
+    persodpo score    --config C --input CANDIDATES --prompts PROMPTS --output SCORES
+    persodpo pairs    --config C --input SCORES --candidates CANDIDATES --prompts PROMPTS --output PAIRS
+    persodpo train    --config C --input PAIRS --output CHECKPOINTS --set train.zero_stage=3
+    persodpo evaluate --config C --input CHECKPOINTS --output EVAL
+    persodpo run      --config jobs/configs/demo.yaml --run-id demo
+
+Flags are shorthands for dotted overrides (``--output X`` is ``--set <stage>.output=X``).
+Progress goes to stderr; the last line on stdout is one JSON summary. Exit code 0 only on
+success; 2 for bad input or configuration (the message names file, record and field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+
+STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
+    "ingest": [("--source", "source", {"choices": ["focus", "persobench", "persodpo-authors"]}),
+               ("--input", "input", {}), ("--output", "output", {}), ("--split", "split", {}),
+               ("--max-dialogs", "max_dialogs", {})],
+    "generate": [("--input", "input", {}), ("--output", "output", {})],
+    "score": [("--input", "input", {}), ("--prompts", "prompts", {}), ("--output", "output", {})],
+    "pairs": [("--input", "input", {}), ("--candidates", "candidates", {}), ("--prompts", "prompts", {}),
+              ("--output", "output", {}), ("--recipe", "recipe", {})],
+    "train": [("--input", "input", {}), ("--output", "output", {})],
+    "evaluate": [("--input", "input", {}), ("--output", "output", {})],
+    "run": [("--run-id", "run_id", {}), ("--root", "root", {})],
+}
+HELP = {
+    "ingest": "FoCus JSON / PersoBench CSV / the authors' data folder -> prompts",
+    "generate": "prompts -> candidates (vLLM and API generators on Ray Data)",
+    "score": "candidates -> scores (metrics and LLM judges)",
+    "pairs": "scores -> DPO preference pairs + data card",
+    "train": "pairs -> DPO fine-tuned model (TRL + DeepSpeed ZeRO on Ray Train)",
+    "evaluate": "held-out generation, scoring and report",
+    "run": "all stages in one Ray job under ROOT/runs/RUN_ID/",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persodpo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, flags in STAGE_FLAGS.items():
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+        p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted override, e.g. --set train.zero_stage=3 (repeatable)")
+        p.add_argument("--log-level", default=os.environ.get("PERSODPO_LOG_LEVEL", "INFO"))
+        for flag, key, kw in flags:
+            p.add_argument(flag, dest=f"flag_{key}", **kw)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    section = "run" if args.command == "run" else args.command
+    out = list(args.overrides)
+    for key, value in vars(args).items():
+        if key.startswith("flag_") and value is not None:
+            out.append(f"{section}.{key[5:]}={value}")
+    return out
+
+
+def _emit(summary: dict) -> None:
+    sys.stdout.write(json.dumps(summary, default=str, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from persodpo import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from persodpo.errors import PersoDPOError
+
+    t0 = time.time()
+    try:
+        from persodpo.config import load_config
+
+        cfg = load_config(args.config, _overrides(args))
+        if args.command == "run":
+            module = importlib.import_module("persodpo.pipeline")
+            summary = module.run_pipeline(cfg)
+        else:
+            module = importlib.import_module(f"persodpo.{args.command}.stage")
+            summary = module.run_stage(cfg)
+    except PersoDPOError as exc:
+        print(f"persodpo {args.command}: error: {exc}", file=sys.stderr)
+        _emit({"command": args.command, "ok": False, "error": str(exc), "wall_time_s": round(time.time() - t0, 2)})
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"persodpo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    summary = {"command": args.command, "ok": True, **summary}
+    summary.setdefault("wall_time_s", round(time.time() - t0, 2))
+    _emit(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

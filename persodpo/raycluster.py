@@ -1,0 +1,72 @@
+"""Start or connect to Ray, the same way for every stage.
+
+- ``ray.address`` in config or ``RAY_ADDRESS`` in the environment: connect (a cluster, or the
+  job's own cluster under ``ray job submit``).
+- Otherwise: start a local Ray with an explicit ``num_cpus`` (tests pass a small number and
+  stop it afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from persodpo.config import RaySection, StorageSection
+
+log = logging.getLogger(__name__)
+
+# Set for every worker: offline-safe defaults that must hold on the cluster too.
+_WORKER_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",   # litellm otherwise fetches prices at import
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def init_ray(cfg: "RaySection | None" = None):
+    """Connect to (or start) Ray once per process; returns the ``ray`` module."""
+    import ray
+
+    for k, v in _WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    if ray.is_initialized():
+        return ray
+    address = (cfg.address if cfg else None) or os.environ.get("RAY_ADDRESS")
+    namespace = cfg.namespace if cfg else "persodpo"
+    env_vars = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, namespace=namespace, runtime_env={"env_vars": env_vars},
+                 log_to_driver=True)
+    else:
+        num_cpus = (cfg.num_cpus if cfg and cfg.num_cpus else None) or os.cpu_count()
+        kwargs = {}
+        if cfg and cfg.num_gpus is not None:
+            kwargs["num_gpus"] = cfg.num_gpus
+        if cfg and cfg.object_store_memory:
+            kwargs["object_store_memory"] = cfg.object_store_memory
+        log.info("starting a local Ray with num_cpus=%s", num_cpus)
+        # address="local" always starts a new cluster, even when another Ray runs on this machine.
+        ray.init(address="local", num_cpus=num_cpus, namespace=namespace, include_dashboard=bool(cfg and cfg.include_dashboard),
+                 runtime_env={"env_vars": env_vars}, log_to_driver=True, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(cfg.progress_bars) if cfg else True
+    return ray
+
+
+def read_output(uri: str, storage: "StorageSection | None" = None, **kwargs) -> "ray.data.Dataset":
+    """A complete stage output as a Ray Dataset (only the parts its manifest lists)."""
+    import ray.data
+
+    from persodpo import storage as st
+
+    parts = st.part_uris(uri, storage)
+    fs, _ = st.resolve(uri, storage)
+    paths = [st.resolve(p, storage)[1] for p in parts]
+    if not paths:
+        raise ValueError(f"{uri}: the output is complete but has no rows")
+    return ray.data.read_parquet(paths, filesystem=fs, **kwargs)
