@@ -21,7 +21,8 @@ from persodpo.pairs.pool import family_of
 def _share(series: pd.Series) -> dict[str, float]:
     if series.empty:
         return {}
-    return {str(k): round(float(v), 4) for k, v in series.value_counts(normalize=True).sort_index().items()}
+    shares = series.value_counts(normalize=True, sort=False)
+    return {str(k): round(float(v), 4) for k, v in sorted(shares.items(), key=lambda kv: str(kv[0])) if v > 0}
 
 
 def _num(x) -> float | None:
@@ -37,27 +38,42 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
     return _num(np.corrcoef(a, b)[0, 1])
 
 
+def generator_names(pool: pd.DataFrame) -> np.ndarray:
+    """Generator name per ``gcode`` (looked up once per generator)."""
+    names = pool.groupby("gcode", sort=True)["generator"].first()
+    table = np.full(int(names.index.max()) + 1 if len(names) else 0, "", dtype=object)
+    table[names.index.to_numpy()] = names.to_numpy(dtype=object)
+    return table
+
+
 def pair_frame(pool: pd.DataFrame, sel: pd.DataFrame, families: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per pair with what the card measures (lengths of what the pair shows)."""
+    from persodpo.pairs.assemble import arrow_column, take
+    from persodpo.pairs.pool import word_counts
+
     c = sel["chosen"].to_numpy(dtype=np.int64)
     r = sel["rejected"].to_numpy(dtype=np.int64)
     words = pool["words"].to_numpy()
     rej_raw = sel["rejected_raw"].to_numpy(dtype=bool)
-    # A format pair shows the raw output on the rejected side: count the words of what is shown.
+    # A format pair shows the raw output on the rejected side: count the words of what is shown
+    # (once per candidate, not per pair).
     rejected_words = words[r].copy()
-    raw_pos = r[rej_raw]
-    rejected_words[rej_raw] = np.fromiter((len(t.split()) if isinstance(t, str) else 0
-                                           for t in pool["raw"].to_numpy()[raw_pos]), dtype=np.int64, count=len(raw_pos))
-    gen = pool["generator"].to_numpy(dtype=object)
-    status = pool["parse_status"].to_numpy(dtype=object)
-    fam = {g: family_of(g, families) for g in pd.unique(pool["generator"])}
+    raw_pos = np.unique(r[rej_raw])
+    if len(raw_pos):
+        raw_words = word_counts(take(arrow_column(pool["raw"]), raw_pos))
+        rejected_words[rej_raw] = raw_words[np.searchsorted(raw_pos, r[rej_raw])]
+    gen = generator_names(pool)
+    fam = np.array([family_of(g, families) for g in gen], dtype=object)
+    gcode = pool["gcode"].to_numpy()
+    valid = pool["parse_status"].eq("valid").fillna(False).to_numpy(dtype=bool)
     return pd.DataFrame({
         "pair_type": sel["pair_type"].to_numpy(dtype=object),
         "margin": sel["score_chosen"].to_numpy(dtype="float64") - sel["score_rejected"].to_numpy(dtype="float64"),
         "words_chosen": words[c], "words_rejected": rejected_words,
-        "chosen_generator": gen[c], "rejected_generator": gen[r],
-        "chosen_family": [fam[g] for g in gen[c]], "rejected_family": [fam[g] for g in gen[r]],
-        "chosen_status": status[c], "rejected_status": status[r],
+        "chosen_generator": pd.Categorical.from_codes(gcode[c], categories=gen) if len(gen) else gen[:0],
+        "rejected_generator": pd.Categorical.from_codes(gcode[r], categories=gen) if len(gen) else gen[:0],
+        "chosen_family": fam[gcode[c]], "rejected_family": fam[gcode[r]],
+        "chosen_valid": valid[c], "rejected_valid": valid[r],
     })
 
 
@@ -73,8 +89,8 @@ def _balance(pf: pd.DataFrame) -> dict:
         "chosen_longer_share": round(float((wc > wr).mean()), 4),
         "equal_length_share": round(float((wc == wr).mean()), 4),
         "mean_words_chosen": round(float(wc.mean()), 2), "mean_words_rejected": round(float(wr.mean()), 2),
-        "rejected_failed_parsing_share": round(float((pf["rejected_status"] != "valid").mean()), 4),
-        "chosen_failed_parsing_share": round(float((pf["chosen_status"] != "valid").mean()), 4),
+        "rejected_failed_parsing_share": round(float((~pf["rejected_valid"]).mean()), 4),
+        "chosen_failed_parsing_share": round(float((~pf["chosen_valid"]).mean()), 4),
         "chosen_by_generator": _share(pf["chosen_generator"]), "rejected_by_generator": _share(pf["rejected_generator"]),
         "chosen_by_family": _share(pf["chosen_family"]), "rejected_by_family": _share(pf["rejected_family"]),
         "margin": {"mean": _num(pf["margin"].mean()), "median": _num(pf["margin"].median()),
@@ -106,13 +122,13 @@ def metric_stats(pool: pd.DataFrame, columns: list[str], recipe_score: pd.Series
 def card_stats(pool: pd.DataFrame, sel: pd.DataFrame, *, recipe: str, recipe_stats: dict, recipe_score: pd.Series,
                metric_columns: list[str], families: dict[str, str] | None = None) -> dict:
     pf = pair_frame(pool, sel, families)
-    per_prompt = pool.loc[sel["chosen"].to_numpy(), "prompt_id"].value_counts() if len(sel) else pd.Series(dtype=int)
+    per_prompt = pd.Series(pool["pcode"].to_numpy()[sel["chosen"].to_numpy()]).value_counts()
     status = pool["parse_status"].value_counts().to_dict()
     return {
         "recipe": recipe,
         "n_pairs": int(len(sel)),
         "by_pair_type": {str(k): int(v) for k, v in pf["pair_type"].value_counts().sort_index().items()},
-        "n_prompts": int(pool["prompt_id"].nunique()),
+        "n_prompts": int(pool["pcode"].nunique()),
         "n_prompts_with_pairs": int(len(per_prompt)),
         "pairs_per_prompt": {"mean": _num(per_prompt.mean()) if len(per_prompt) else None,
                              "max": int(per_prompt.max()) if len(per_prompt) else 0},
@@ -136,6 +152,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _hist(ax, values: np.ndarray, bins, **kw) -> None:
+    # np.histogram + stairs: matplotlib's own hist is slow on a million values.
+    counts, edges = np.histogram(values, bins=bins)
+    ax.stairs(counts, edges, fill=True, alpha=0.6, **kw)
+
+
 def plots(pf: pd.DataFrame, recipe_score: pd.Series, stats: dict) -> dict[str, bytes]:
     """PNG bytes by file name (matplotlib's Agg backend: no display needed)."""
     import matplotlib
@@ -146,7 +168,7 @@ def plots(pf: pd.DataFrame, recipe_score: pd.Series, stats: dict) -> dict[str, b
     out = {}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for t, g in pf.groupby("pair_type"):
-        ax.hist(g["margin"], bins=30, alpha=0.6, label=f"{t} ({len(g)})")
+        _hist(ax, g["margin"].to_numpy(), 30, label=f"{t} ({len(g)})")
     ax.set(title=f"{stats['recipe']}: margin (score chosen - score rejected)", xlabel="margin", ylabel="pairs")
     if len(pf):
         ax.legend()
@@ -156,31 +178,30 @@ def plots(pf: pd.DataFrame, recipe_score: pd.Series, stats: dict) -> dict[str, b
     if len(pf):
         top = int(max(pf["words_chosen"].max(), pf["words_rejected"].max())) + 2
         bins = np.linspace(0, top, 40)
-        ax.hist(pf["words_chosen"], bins=bins, alpha=0.6, label=f"chosen (mean {pf['words_chosen'].mean():.1f})")
-        ax.hist(pf["words_rejected"], bins=bins, alpha=0.6, label=f"rejected (mean {pf['words_rejected'].mean():.1f})")
+        _hist(ax, pf["words_chosen"].to_numpy(), bins, label=f"chosen (mean {pf['words_chosen'].mean():.1f})")
+        _hist(ax, pf["words_rejected"].to_numpy(), bins, label=f"rejected (mean {pf['words_rejected'].mean():.1f})")
         ax.legend()
     share = stats["balance"].get("chosen_shorter_share")
     ax.set(title=f"reply length in words (chosen shorter in {share if share is not None else '-'} of pairs)",
            xlabel="words", ylabel="pairs")
     out["lengths.png"] = _png(fig)
 
-    gens = sorted(set(pf["chosen_generator"]) | set(pf["rejected_generator"]))
+    b = stats["balance"]
+    gens = sorted(set(b.get("chosen_by_generator", {})) | set(b.get("rejected_by_generator", {})))
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * max(1, len(gens))))
     if gens:
         y = np.arange(len(gens))
-        ch = pf["chosen_generator"].value_counts(normalize=True).reindex(gens, fill_value=0)
-        rj = pf["rejected_generator"].value_counts(normalize=True).reindex(gens, fill_value=0)
-        ax.barh(y - 0.2, ch.to_numpy(), height=0.4, label="chosen")
-        ax.barh(y + 0.2, rj.to_numpy(), height=0.4, label="rejected")
+        ax.barh(y - 0.2, [b["chosen_by_generator"].get(g, 0) for g in gens], height=0.4, label="chosen")
+        ax.barh(y + 0.2, [b["rejected_by_generator"].get(g, 0) for g in gens], height=0.4, label="rejected")
         ax.set_yticks(y, gens)
         ax.legend()
     ax.set(title="share of chosen / rejected per generator", xlabel="share of pairs")
     out["generators.png"] = _png(fig)
 
-    s = recipe_score.dropna()
+    s = recipe_score.dropna().to_numpy()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if len(s):
-        ax.hist(s, bins=50, color="grey")
+        _hist(ax, s, 50, color="grey")
     for name, v in ((stats.get("recipe_stats") or {}).get("thresholds") or {}).items():
         ax.axvline(v, color="red", linestyle="--")
         ax.text(v, ax.get_ylim()[1] * 0.9, f" {name}={v:.4f}", color="red", fontsize=8)

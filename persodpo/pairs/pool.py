@@ -1,18 +1,24 @@
-"""The candidate pool: candidates joined with their scores, one pandas row per candidate.
+"""The candidate pool: candidates joined with their scores, one row per candidate.
 
 Every recipe works on this frame (positions into it identify candidates), so input checks live
 here once: missing columns, duplicate ids, scores for unknown candidates, non-numeric metrics.
 Errors name the table's URI, the record (candidate id) and the field.
+
+Built in Arrow and kept cheap at a million rows: string columns stay Arrow-backed (never
+converted to Python objects wholesale), and what the recipes group, sort and hash on is
+precomputed as numbers: ``pcode`` (prompt code, in prompt-id order), ``cid_hash`` /
+``pid_hash`` (stable 64-bit hashes of the candidate and prompt ids), ``gcode`` (generator code).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from persodpo import storage as st
@@ -25,25 +31,67 @@ CANDIDATE_OPTIONAL = ("template",)
 # persobench-json-v1 reproduces that instruction word for word.
 TEMPLATE_ALIASES = {"persobench-json-authors": "persobench-json-v1"}
 
+# Python's str.split() separators among ASCII bytes (str.isspace): \t \n \v \f \r, \x1c-\x1f, space.
+_ASCII_WS = np.zeros(256, dtype=bool)
+_ASCII_WS[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_WORDS_BATCH = 65_536
+
 
 @dataclass
 class Inputs:
-    """What a recipe needs: the pool frame and where it came from (for error messages)."""
+    """The pool frame and where it came from (for error messages)."""
 
     pool: pd.DataFrame
     scores_uri: str = "scores"
     candidates_uri: str = "candidates"
     score_columns: tuple[str, ...] = ()
+    generators: list[str] = field(default_factory=list)   # gcode -> generator name
 
 
-def word_counts(texts: pd.Series) -> np.ndarray:
-    """Whitespace word count (Python's ``str.split()``, as the authors counted); 0 for null.
+def _word_counts_chunk(arr: pa.Array) -> np.ndarray:
+    n = len(arr)
+    out = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return out
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.string())
+    off_type = np.int64 if arr.type == pa.large_string() else np.int32
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=off_type)[arr.offset: arr.offset + n + 1].astype(np.int64)
+    if bufs[2] is None or offsets[-1] == offsets[0]:
+        return out
+    data = np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
+    starts = offsets[:-1] - offsets[0]
+    nonempty = offsets[1:] > offsets[:-1]
+    ws = _ASCII_WS[data]
+    # A word starts at a non-space byte that follows a space byte or opens its string.
+    begin = ~ws
+    begin[1:] &= ws[:-1]
+    first = starts[nonempty]
+    begin[first] = ~ws[first]
+    counts = np.add.reduceat(begin.view(np.uint8), first, dtype=np.int64)
+    out[nonempty] = counts
+    # Multi-byte (non-ASCII) whitespace exists (U+00A0, U+2009, ...): strings with any non-ASCII
+    # byte are counted by Python itself, so the count is exactly len(text.split()).
+    high = np.zeros(n, dtype=bool)
+    high[nonempty] = np.maximum.reduceat(data, first) >= 0x80
+    if high.any():
+        idx = np.flatnonzero(high)
+        out[idx] = [len(s.split()) for s in arr.take(pa.array(idx)).to_pylist()]
+    if arr.null_count:
+        out[np.asarray(arr.is_null())] = 0
+    return out
 
-    A generator over the strings is faster than pandas' ``str.split`` (which builds lists) and
-    exact, unlike Arrow's whitespace split whose notion of whitespace differs at the edges.
-    """
-    return np.fromiter((len(t.split()) if isinstance(t, str) else 0 for t in texts),
-                       dtype=np.int64, count=len(texts))
+
+def word_counts(texts) -> np.ndarray:
+    """Whitespace word count of each string, exactly Python's ``len(text.split())`` (the
+    authors' count); 0 for null. Vectorised over the UTF-8 bytes (a Python loop over a million
+    replies costs seconds), with Python only for the rare strings holding non-ASCII bytes."""
+    if isinstance(texts, pd.Series):
+        texts = pa.array(texts.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    parts = [_word_counts_chunk(c.slice(s, _WORDS_BATCH)) for c in chunks for s in range(0, len(c), _WORDS_BATCH)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def read_columns(uri: str, storage, *, required: tuple[str, ...], optional: tuple[str, ...] = (),
@@ -51,11 +99,7 @@ def read_columns(uri: str, storage, *, required: tuple[str, ...], optional: tupl
     """Read a complete stage output; InputError naming the URI and field for a missing column."""
     parts = st.part_uris(uri, storage)
     fs, _ = st.resolve(uri, storage)
-    if parts:
-        schema = pq.read_schema(st.resolve(parts[0], storage)[1], filesystem=fs)
-        names = schema.names
-    else:
-        names = []
+    names = pq.read_schema(st.resolve(parts[0], storage)[1], filesystem=fs).names if parts else []
     missing = [c for c in required if c not in names]
     if missing:
         raise InputError(f"missing column (the table has {names})", file=uri, field=missing[0])
@@ -63,68 +107,109 @@ def read_columns(uri: str, storage, *, required: tuple[str, ...], optional: tupl
     return st.read_table(uri, storage, columns=cols)
 
 
-def _check_unique(ids: pd.Series, *, file: str) -> None:
-    dup = ids.duplicated()
-    if dup.any():
-        raise InputError("duplicate candidate_id", file=file, record=str(ids[dup].iloc[0]), field="candidate_id")
+def _table(x) -> pa.Table:
+    if isinstance(x, pa.Table):
+        return x
+    return pa.Table.from_pandas(x, preserve_index=False)
+
+
+def _check_unique(ids: pa.ChunkedArray, *, file: str) -> None:
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        raise InputError("duplicate candidate_id", file=file, record=dup, field="candidate_id")
+
+
+def _hash(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    # pandas' SipHash with its fixed default key: the same id hashes the same on every machine.
+    return pd.util.hash_array(strings.to_numpy(zero_copy_only=False).astype(object), categorize=False)
+
+
+def _coded(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, sorted distinct values): codes follow the values' sort order."""
+    enc = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    values = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+    order = np.argsort(values, kind="stable")
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.arange(len(values))
+    return rank[np.asarray(enc.indices.fill_null(0), dtype=np.int64)], values[order]
 
 
 def build_pool(candidates: pa.Table | pd.DataFrame, scores: pa.Table | pd.DataFrame, *,
                metric_columns: tuple[str, ...] = (), format_column: str | None = None,
-               candidates_uri: str = "candidates", scores_uri: str = "scores") -> Inputs:
+               candidates_uri: str = "candidates", scores_uri: str = "scores", needs_raw: bool = True) -> Inputs:
     """Join candidates (left) with scores on ``candidate_id``.
 
     A candidate with no scores row gets null metrics. ``metric_columns`` must exist in the
     scores table and be numeric (configured columns are checked here, before any work).
     Adds ``words`` (whitespace word count of ``text``), ``parse_ok`` filled from
-    ``parse_status`` where null, and ``fmt_score`` (the scores' format column when present,
-    else ``parse_ok`` as 1.0/0.0) with ``fmt_ok``.
+    ``parse_status`` where null, ``has_text`` / ``has_raw`` (a non-blank raw output), and
+    ``fmt_score`` (the scores' format column when present, else ``parse_ok`` as 1.0/0.0).
     """
-    cand = candidates.to_pandas() if isinstance(candidates, pa.Table) else candidates.copy()
-    sc = scores.to_pandas() if isinstance(scores, pa.Table) else scores.copy()
+    cand, sc = _table(candidates), _table(scores)
     for col in CANDIDATE_COLUMNS:
-        if col not in cand.columns:
+        if col not in cand.column_names and not (col == "raw" and not needs_raw):
             raise InputError("missing column", file=candidates_uri, field=col)
-    if "candidate_id" not in sc.columns:
+    if "candidate_id" not in sc.column_names:
         raise InputError("missing column", file=scores_uri, field="candidate_id")
-    _check_unique(cand["candidate_id"], file=candidates_uri)
-    _check_unique(sc["candidate_id"], file=scores_uri)
+    _check_unique(cand.column("candidate_id"), file=candidates_uri)
+    _check_unique(sc.column("candidate_id"), file=scores_uri)
     for m in metric_columns:
-        if m not in sc.columns:
+        if m not in sc.column_names:
             raise InputError(f"no such metric column (configured as a recipe weight); the scores table has "
-                             f"{[c for c in sc.columns if c != 'candidate_id']}", file=scores_uri, field=m)
-        if not (pd.api.types.is_numeric_dtype(sc[m]) or pd.api.types.is_bool_dtype(sc[m])):
-            bad = sc[m].dropna()
-            raise InputError(f"metric column is not numeric (dtype {sc[m].dtype})", file=scores_uri,
-                             record=str(sc.loc[bad.index[0], "candidate_id"]) if len(bad) else None, field=m)
-    has_format = bool(format_column) and format_column in sc.columns
-    keep = ["candidate_id", *dict.fromkeys(metric_columns)]
-    if has_format and format_column not in keep:
-        keep.append(format_column)
-    sc = sc[keep]
-    known = sc["candidate_id"].isin(cand["candidate_id"])
-    if not known.all():
+                             f"{[c for c in sc.column_names if c != 'candidate_id']}", file=scores_uri, field=m)
+        t = sc.schema.field(m).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+            bad = pc.index(pc.is_valid(sc.column(m)), True).as_py()
+            raise InputError(f"metric column is not numeric (type {t})", file=scores_uri,
+                             record=sc.column("candidate_id")[bad].as_py() if bad >= 0 else None, field=m)
+    cids = cand.column("candidate_id")
+    known = pc.is_in(sc.column("candidate_id"), value_set=cids)
+    if not pc.all(known).as_py() and len(sc):
+        first = pc.index(known, False).as_py()
         raise InputError(f"score for a candidate that is not in {candidates_uri}", file=scores_uri,
-                         record=str(sc.loc[~known, "candidate_id"].iloc[0]), field="candidate_id")
-    if "template" not in cand.columns:
-        cand["template"] = None
-    pool = cand[[*CANDIDATE_COLUMNS, "template"]].merge(sc, on="candidate_id", how="left", validate="one_to_one")
-    for m in metric_columns:
-        pool[m] = pool[m].astype("float64")
-    status = pool["parse_status"].astype(object)
-    parse_ok = pool["parse_ok"].astype(object)
-    pool["parse_ok"] = parse_ok.where(parse_ok.notna(), status.eq("valid")).astype(bool)
-    pool["words"] = word_counts(pool["text"])
-    if has_format:
-        f = pool[format_column]
-        fmt = pd.to_numeric(f.astype(object).where(f.notna(), None), errors="coerce").astype("float64")
+                         record=sc.column("candidate_id")[first].as_py(), field="candidate_id")
+    where = pc.index_in(cids, value_set=sc.column("candidate_id"))
+
+    def from_scores(name: str) -> np.ndarray:
+        col = sc.column(name).combine_chunks().cast(pa.float64()).take(where)
+        return col.to_numpy(zero_copy_only=False)
+
+    n = cand.num_rows
+    status = cand.column("parse_status")
+    parse_ok = pc.fill_null(pc.if_else(pc.is_null(cand.column("parse_ok")), pc.equal(status, "valid"),
+                                       cand.column("parse_ok")), False)
+    template = cand.column("template").cast(pa.string()) if "template" in cand.column_names else pa.nulls(n, pa.string())
+    for alias, name in TEMPLATE_ALIASES.items():
+        template = pc.if_else(pc.equal(template, alias), name, template)
+    # Recipes without format pairs never show a raw output: their callers may leave it unread.
+    raw = cand.column("raw") if "raw" in cand.column_names else pa.chunked_array([pa.nulls(n, pa.string())])
+    pcode, prompt_values = _coded(cand.column("prompt_id"))
+    gcode, generators = _coded(cand.column("generator").fill_null(""))
+    frame = {
+        "candidate_id": cids, "prompt_id": cand.column("prompt_id"), "generator": cand.column("generator"),
+        "parse_status": status, "template": template, "text": cand.column("text"), "raw": raw,
+    }
+    pool = pa.table(frame).to_pandas()
+    pool["pcode"] = pcode
+    pool["gcode"] = gcode
+    pool["parse_ok"] = np.asarray(parse_ok, dtype=bool)
+    pool["has_text"] = np.asarray(pc.is_valid(cand.column("text")), dtype=bool)
+    pool["has_raw"] = np.asarray(pc.fill_null(pc.match_substring_regex(raw, r"\S"), False), dtype=bool)
+    pool["words"] = word_counts(cand.column("text"))
+    for m in dict.fromkeys(metric_columns):
+        pool[m] = from_scores(m)
+    ok = pool["parse_ok"].to_numpy(dtype="float64")
+    if format_column and format_column in sc.column_names:
+        fmt = from_scores(format_column)
         # A candidate the format check could not score falls back to the parser's verdict.
-        pool["fmt_score"] = fmt.where(fmt.notna(), pool["parse_ok"].astype("float64"))
+        pool["fmt_score"] = np.where(np.isnan(fmt), ok, fmt)
     else:
-        pool["fmt_score"] = pool["parse_ok"].astype("float64")
-    pool["template"] = pool["template"].map(lambda t: TEMPLATE_ALIASES.get(t, t) if isinstance(t, str) else None)
-    return Inputs(pool.reset_index(drop=True), scores_uri=scores_uri, candidates_uri=candidates_uri,
-                  score_columns=tuple(metric_columns))
+        pool["fmt_score"] = ok
+    pool["cid_hash"] = _hash(cids)
+    pool["pid_hash"] = _hash(pa.array(prompt_values, type=pa.string()))[pcode] if n else np.zeros(0, np.uint64)
+    return Inputs(pool, scores_uri=scores_uri, candidates_uri=candidates_uri, score_columns=tuple(metric_columns),
+                  generators=[str(g) for g in generators])
 
 
 _FAMILY = re.compile(r"[A-Za-z]+")

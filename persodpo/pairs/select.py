@@ -1,8 +1,9 @@
 """Vectorised building blocks of pair selection (no Python loop over prompts).
 
-Candidates are identified by their position in the pool frame. A selection is a frame with
-``chosen`` and ``rejected`` positions, ``score_chosen``, ``score_rejected``, ``pair_type`` and
-``rejected_raw`` (the rejected reply is the raw output, for format pairs).
+Candidates are identified by their position in the pool frame; prompts by ``pcode``. A
+selection is a frame with ``chosen`` and ``rejected`` positions, ``score_chosen``,
+``score_rejected``, ``pair_type`` and ``rejected_raw`` (the rejected reply is the raw output,
+for format pairs).
 """
 
 from __future__ import annotations
@@ -21,25 +22,29 @@ def empty_selection() -> pd.DataFrame:
                          "pair_type": pd.Series(dtype=object), "rejected_raw": pd.Series(dtype=bool)})
 
 
-def random_key(ids: pd.Series, seed: int, salt: str = "") -> np.ndarray:
-    """A deterministic pseudo-random uint64 per id (same seed, same ids -> same order on any
-    machine): pandas' vectorised SipHash with a key derived from the seed."""
-    key = hashlib.sha256(f"persodpo-pairs:{seed}:{salt}".encode()).hexdigest()[:16]
-    return pd.util.hash_array(ids.to_numpy(dtype=object), hash_key=key, categorize=False)
+def seeded_key(hashes: np.ndarray, seed: int, salt: str = "") -> np.ndarray:
+    """A deterministic pseudo-random uint64 per id hash: the same ids and seed give the same
+    order on any machine, another seed or salt an independent one (splitmix64 finaliser)."""
+    mix = np.uint64(int(hashlib.sha256(f"persodpo-pairs:{seed}:{salt}".encode()).hexdigest()[:16], 16))
+    z = np.asarray(hashes, dtype=np.uint64) ^ mix
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def cross_within_prompt(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
-    """Every (left, right) row pair with the same ``prompt_id`` (a hash join: per-prompt cross
+    """Every (left, right) row pair with the same ``pcode`` (a hash join: per-prompt cross
     product without a loop). Columns get suffixes ``_c`` (left) and ``_r`` (right)."""
-    return left.merge(right, on="prompt_id", suffixes=("_c", "_r"))
+    return left.merge(right, on="pcode", suffixes=("_c", "_r"))
 
 
 def first_k_per_prompt(frame: pd.DataFrame, order: list[str], ascending: list[bool], k: int | None) -> pd.DataFrame:
     """The first ``k`` rows of each prompt after sorting by ``order`` (all rows if k is None)."""
     if k is None or frame.empty:
         return frame
-    ordered = frame.sort_values(["prompt_id", *order], ascending=[True, *ascending], kind="mergesort")
-    return ordered[ordered.groupby("prompt_id", sort=False).cumcount() < k]
+    ordered = frame.sort_values(["pcode", *order], ascending=[True, *ascending], kind="mergesort")
+    return ordered[ordered.groupby("pcode", sort=False).cumcount() < k]
 
 
 def selection(chosen, rejected, score_chosen, score_rejected, pair_type: str, rejected_raw: bool) -> pd.DataFrame:

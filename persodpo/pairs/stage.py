@@ -84,11 +84,14 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         clock[0] = now
 
     scores = read_columns(c.input, cfg.storage, required=("candidate_id",), all_columns=True)
-    candidates = read_columns(c.candidates, cfg.storage, required=CANDIDATE_COLUMNS, optional=("template",))
+    # The paper recipes never show a raw output (they re-serialise the extracted text): skip reading it.
+    needs_raw = recipe.uses_format_signal
+    candidates = read_columns(c.candidates, cfg.storage, optional=("template",),
+                              required=tuple(col for col in CANDIDATE_COLUMNS if needs_raw or col != "raw"))
     lap("read_inputs")
     inputs = build_pool(candidates, scores, metric_columns=metrics,
                         format_column=c.format_column if recipe.uses_format_signal else None,
-                        candidates_uri=c.candidates, scores_uri=c.input)
+                        candidates_uri=c.candidates, scores_uri=c.input, needs_raw=needs_raw)
     del scores, candidates
     pool = inputs.pool
     template = resolve_template(pool, recipe, c)

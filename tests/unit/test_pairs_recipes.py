@@ -363,3 +363,20 @@ def test_empty_and_all_invalid_pools():
     empty = pool.iloc[:0]
     assert len(persodpo.run(empty, ours(), PairsConfig()).selection) == 0
     assert len(paper.run_length_prior(empty, LengthPriorConfig(weights={"m": 1.0}, worst_case={"m": 0.0})).selection) == 0
+
+
+def test_word_counts_are_pythons_split():
+    import pyarrow as pa
+
+    from persodpo.pairs.pool import word_counts
+
+    texts = ["", " ", "one", "  two  words ", "a\tb\nc\rd\x0be\x0cf", "x\x1cy\x1dz\x1e\x1fw", "non\u00a0breaking",
+             "thin\u2009space and\u3000ideographic", "café au lait", None, "tail\u2028", "\x85lead", "ok" * 50]
+    rng = np.random.default_rng(0)
+    alphabet = list("ab \t\n\x1c\u00a0\u2003é")
+    texts += ["".join(rng.choice(alphabet, rng.integers(0, 30))) for _ in range(300)]
+    expected = [len(t.split()) if t is not None else 0 for t in texts]
+    assert word_counts(pa.array(texts)).tolist() == expected
+    chunked = pa.chunked_array([pa.array(texts[:5]), pa.array(texts[5:]).slice(2)])
+    assert word_counts(chunked).tolist() == expected[:5] + expected[7:]
+    assert word_counts(pa.array(texts, type=pa.large_string())).tolist() == expected

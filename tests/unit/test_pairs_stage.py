@@ -217,3 +217,16 @@ def test_a_crash_leaves_no_trusted_output(tmp_path):
         run_stage(cfg_for(bad, out))
     # Input errors are found before the output is touched: the previous complete output stands.
     assert st.is_complete(out) and st.read_table(out).num_rows > 0
+
+
+def test_bulk_pair_ids_and_replies_match_the_contract():
+    from json import dumps
+
+    from persodpo.pairs.assemble import pair_ids, render_reply
+
+    chosen, rejected = ["c_1", "c_é\x1f", "x"], ["c_2", "r", "x y"]
+    assert pair_ids("paper-perso", chosen, rejected) == [contracts.pair_id("paper-perso", c, r)
+                                                         for c, r in zip(chosen, rejected)]
+    for text in ("plain", 'quote " and \\ backslash', "new\nline\ttab \x01", "café ☕", ""):
+        assert render_reply(text, "json") == dumps({"response": text}, ensure_ascii=False)
+        assert render_reply(text, "plain") == text

@@ -54,7 +54,7 @@ def json_bonus_fires(text: str) -> bool:
 
 def _bonus(texts: pd.Series) -> tuple[np.ndarray, int]:
     # The regex needs '"response"' in the text: test that vectorised, run the regex on those few.
-    maybe = texts.str.contains('"response"', regex=False).to_numpy(dtype=bool)
+    maybe = texts.str.contains('"response"', regex=False).fillna(False).to_numpy(dtype=bool)
     fires = np.zeros(len(texts), dtype=bool)
     idx = np.flatnonzero(maybe)
     if len(idx):
@@ -66,13 +66,14 @@ def _pool_scores(pool: pd.DataFrame, rc) -> tuple[pd.DataFrame, pd.DataFrame, di
     """(pool rows in the recipe, their normalised metrics, stats)."""
     metrics = list(rc.weights)
     status = pool["parse_status"]
-    usable = status.isin(["valid", "fallback"]) & pool["text"].notna()
+    usable = (status.eq("valid") | status.eq("fallback")).to_numpy(dtype=bool) & pool["has_text"].to_numpy()
+    usable = pd.Series(usable, index=pool.index)
     valid = usable & status.eq("valid")
     incomplete = valid & pool[metrics].isna().any(axis=1)
     in_pool = usable & ~incomplete
     rows = pool.loc[in_pool]
     values = rows[metrics].copy()
-    fallback = rows["parse_status"].ne("valid").to_numpy()
+    fallback = rows["parse_status"].ne("valid").to_numpy(dtype=bool)
     for m in metrics:
         values.loc[fallback, m] = rc.worst_case[m]
     lo, hi = values.min(), values.max()
@@ -125,7 +126,7 @@ def threshold_pairs(pool: pd.DataFrame, score: pd.Series, low_pct: float, high_p
         return empty_selection(), {"thresholds": None, "n_chosen_side": 0, "n_rejected_side": 0,
                                    "n_dropped_self_or_tie": 0}
     low, high = np.percentile(score.to_numpy(), [low_pct, high_pct])
-    frame = pd.DataFrame({"pos": score.index.to_numpy(), "prompt_id": pool.loc[score.index, "prompt_id"].to_numpy(),
+    frame = pd.DataFrame({"pos": score.index.to_numpy(), "pcode": pool["pcode"].to_numpy()[score.index.to_numpy()],
                           "score": score.to_numpy()})
     chosen = frame[frame["score"] >= high]
     rejected = frame[frame["score"] <= low]

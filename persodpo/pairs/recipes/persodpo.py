@@ -31,13 +31,13 @@ import pandas as pd
 
 from persodpo.pairs.pool import family_of
 from persodpo.pairs.recipes.simple import format_sides
-from persodpo.pairs.select import empty_selection, first_k_per_prompt, random_key, selection
+from persodpo.pairs.select import empty_selection, first_k_per_prompt, seeded_key, selection
 
 
 def content_scores(pool: pd.DataFrame, mask: pd.Series, weights: dict[str, float], normalize: str) -> tuple[pd.Series, dict]:
     """Weighted mean of per-prompt normalised metrics for the rows in ``mask``."""
     rows = pool.loc[mask]
-    codes, uniques = pd.factorize(rows["prompt_id"])
+    codes, uniques = pd.factorize(rows["pcode"])
     n_groups = len(uniques)
     total = sum(abs(w) for w in weights.values()) or 1.0
     score = np.zeros(len(rows))
@@ -67,24 +67,23 @@ def _content_pairs(pool: pd.DataFrame, score: pd.Series, rc, families: pd.Series
     if score.empty:
         return empty_selection(), {"n_prompts_content": 0, "n_prompts_single_candidate": 0,
                                    "n_prompts_no_margin": 0, "n_dropped_family_cap": 0, "n_dropped_length_cap": 0}
-    idx = score.index
-    c = pd.DataFrame({"pos": idx.to_numpy(), "prompt_id": pool.loc[idx, "prompt_id"].to_numpy(),
-                      "score": score.to_numpy(), "words": pool.loc[idx, "words"].to_numpy(),
-                      "family": families.loc[idx].to_numpy()})
-    cids = pool.loc[idx, "candidate_id"].reset_index(drop=True)
-    c["tie"] = random_key(cids, rc.seed, "tiebreak")
-    c["draw"] = random_key(cids, rc.seed, "rejected")
-    c = c.sort_values(["prompt_id", "score", "tie"], ascending=[True, False, True], kind="mergesort")
-    rank = c.groupby("prompt_id", sort=False).cumcount()
+    idx = score.index.to_numpy()
+    cid_hash = pool["cid_hash"].to_numpy()[idx]
+    c = pd.DataFrame({"pos": idx, "pcode": pool["pcode"].to_numpy()[idx], "score": score.to_numpy(),
+                      "words": pool["words"].to_numpy()[idx], "family": families[idx],
+                      "pid_hash": pool["pid_hash"].to_numpy()[idx],
+                      "tie": seeded_key(cid_hash, rc.seed, "tiebreak"), "draw": seeded_key(cid_hash, rc.seed, "rejected")})
+    c = c.sort_values(["pcode", "score", "tie"], ascending=[True, False, True], kind="mergesort")
+    rank = c.groupby("pcode", sort=False).cumcount()
     best = c[rank.to_numpy() == 0]
     others = c[rank.to_numpy() > 0]
-    cand = others.merge(best[["prompt_id", "pos", "score", "words", "family"]], on="prompt_id", suffixes=("", "_b"))
+    cand = others.merge(best[["pcode", "pos", "score", "words", "family"]], on="pcode", suffixes=("", "_b"))
     cand["margin"] = cand["score_b"] - cand["score"]
     eligible = cand[(cand["margin"] >= rc.min_margin) & (cand["margin"] > 0)].copy()
     order, asc = [], []
     if rc.balance_length:
         # Half the prompts want the chosen shorter, half longer; equal lengths meet either.
-        want_shorter = (random_key(eligible["prompt_id"].reset_index(drop=True), rc.seed, "length") & 1) == 0
+        want_shorter = (seeded_key(eligible["pid_hash"].to_numpy(), rc.seed, "length") & np.uint64(1)) == 0
         longer_chosen = eligible["words_b"].to_numpy() > eligible["words"].to_numpy()
         shorter_chosen = eligible["words_b"].to_numpy() < eligible["words"].to_numpy()
         eligible["length_miss"] = np.where(want_shorter, longer_chosen, shorter_chosen)
@@ -108,9 +107,9 @@ def _content_pairs(pool: pd.DataFrame, score: pd.Series, rc, families: pd.Series
         wb, w = picked["words_b"].to_numpy(), picked["words"].to_numpy()
         picked = picked.assign(length_rel=np.where(wb < w, "shorter", np.where(wb > w, "longer", "equal")))
         picked, n_dropped_length = cap_share(picked, "length_rel", rc.max_length_share, exempt="equal")
-    sizes = c.groupby("prompt_id", sort=False).size()
+    sizes = c.groupby("pcode", sort=False).size()
     stats = {"n_prompts_content": int(len(sizes)), "n_prompts_single_candidate": int((sizes == 1).sum()),
-             "n_prompts_no_margin": int((sizes > 1).sum() - eligible["prompt_id"].nunique()),
+             "n_prompts_no_margin": int((sizes > 1).sum() - eligible["pcode"].nunique()),
              "n_dropped_family_cap": int(n_dropped_family), "n_dropped_length_cap": int(n_dropped_length)}
     return selection(picked["pos_b"], picked["pos"], picked["score_b"], picked["score"], "content", False), stats
 
@@ -140,22 +139,30 @@ def cap_share(pairs: pd.DataFrame, col: str, cap: float, exempt: str | None = No
 
 def _format_pairs(pool: pd.DataFrame, score: pd.Series, rc, threshold: float) -> tuple[pd.DataFrame, dict]:
     good, bad = format_sides(pool, threshold, include_unusable=True)
-    cids = pool["candidate_id"]
-    g = pd.DataFrame({"pos": pool.index[good], "prompt_id": pool.loc[good, "prompt_id"].to_numpy(),
-                      "content": score.reindex(pool.index)[good].to_numpy(),
-                      "fmt": pool.loc[good, "fmt_score"].to_numpy(),
-                      "tie": random_key(cids[good].reset_index(drop=True), rc.seed, "tiebreak")})
+    good, bad = good.to_numpy(), bad.to_numpy()
+    pcode, fmt_score, cid_hash = pool["pcode"].to_numpy(), pool["fmt_score"].to_numpy(), pool["cid_hash"].to_numpy()
+    g = pd.DataFrame({"pos": pool.index[good], "pcode": pcode[good],
+                      "content": score.reindex(pool.index).to_numpy()[good], "fmt": fmt_score[good],
+                      "tie": seeded_key(cid_hash[good], rc.seed, "tiebreak")})
     # The best content reply when it has a content score, else any format-ok reply.
     g["unscored"] = np.isnan(g["content"].to_numpy())
     best = first_k_per_prompt(g, ["unscored", "content", "tie"], [True, False, True], 1)
-    b = pd.DataFrame({"pos": pool.index[bad], "prompt_id": pool.loc[bad, "prompt_id"].to_numpy(),
-                      "fmt": pool.loc[bad, "fmt_score"].to_numpy(),
-                      "draw": random_key(cids[bad].reset_index(drop=True), rc.seed, "format")})
+    b = pd.DataFrame({"pos": pool.index[bad], "pcode": pcode[bad], "fmt": fmt_score[bad],
+                      "draw": seeded_key(cid_hash[bad], rc.seed, "format")})
     worst = first_k_per_prompt(b, ["draw"], [True], rc.format_pairs_per_prompt)
-    cross = best.merge(worst, on="prompt_id", suffixes=("_c", "_r"))
+    cross = best.merge(worst, on="pcode", suffixes=("_c", "_r"))
     stats = {"n_format_ok": int(good.sum()), "n_format_failed_with_raw": int(bad.sum()),
-             "n_prompts_with_format_failures": int(b["prompt_id"].nunique())}
+             "n_prompts_with_format_failures": int(b["pcode"].nunique())}
     return selection(cross["pos_c"], cross["pos_r"], cross["fmt_c"], cross["fmt_r"], "format", True), stats
+
+
+def family_codes(pool: pd.DataFrame, families: dict[str, str] | None) -> np.ndarray:
+    """A family label per pool row, looked up once per generator (not per row)."""
+    names = pool.groupby("gcode", sort=True)["generator"].first()
+    table = np.full(int(names.index.max()) + 1 if len(names) else 0, "", dtype=object)
+    for code, gen in names.items():
+        table[code] = family_of(gen, families)
+    return table[pool["gcode"].to_numpy()]
 
 
 def run(pool: pd.DataFrame, rc, pairs_cfg):
@@ -164,9 +171,10 @@ def run(pool: pd.DataFrame, rc, pairs_cfg):
     metrics = list(rc.weights)
     fmt_ok = pool["fmt_score"] >= pairs_cfg.format_threshold
     complete = pool[metrics].notna().all(axis=1)
-    content_pool = fmt_ok & pool["text"].notna() & complete
+    has_text = pool["has_text"]
+    content_pool = fmt_ok & has_text & complete
     score, nstats = content_scores(pool, content_pool, rc.weights, rc.normalize)
-    families = pool["generator"].map(lambda g: family_of(g, rc.generator_families))
+    families = family_codes(pool, rc.generator_families)
     content, cstats = _content_pairs(pool, score, rc, families)
     parts = [content]
     fstats: dict = {}
@@ -176,7 +184,7 @@ def run(pool: pd.DataFrame, rc, pairs_cfg):
     sel = pd.concat(parts, ignore_index=True) if any(len(p) for p in parts) else empty_selection()
     stats = {"n_candidates": int(len(pool)), "n_content_pool": int(content_pool.sum()),
              "n_excluded_format_failed": int((~fmt_ok).sum()),
-             "n_excluded_null_metric": int((fmt_ok & pool["text"].notna() & ~complete).sum()),
-             "n_excluded_no_text": int((fmt_ok & pool["text"].isna()).sum()),
+             "n_excluded_null_metric": int((fmt_ok & has_text & ~complete).sum()),
+             "n_excluded_no_text": int((fmt_ok & ~has_text).sum()),
              **nstats, **cstats, **fstats}
     return RecipeResult(sel, score.reindex(pool.index), stats)
