@@ -61,20 +61,20 @@ def _word_counts_chunk(arr: pa.Array) -> np.ndarray:
     if bufs[2] is None or offsets[-1] == offsets[0]:
         return out
     data = np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
-    starts = offsets[:-1] - offsets[0]
-    nonempty = offsets[1:] > offsets[:-1]
+    bounds = offsets - offsets[0]
     ws = _ASCII_WS[data]
-    # A word starts at a non-space byte that follows a space byte or opens its string.
+    # A word starts at a non-space byte that follows a space byte or opens its string; count
+    # the word starts inside each string's byte range by binary search (no per-string loop).
     begin = ~ws
     begin[1:] &= ws[:-1]
-    first = starts[nonempty]
-    begin[first] = ~ws[first]
-    counts = np.add.reduceat(begin.view(np.uint8), first, dtype=np.int64)
-    out[nonempty] = counts
+    opens = bounds[:-1][bounds[1:] > bounds[:-1]]
+    begin[opens] = ~ws[opens]
+    word_pos = np.flatnonzero(begin)
+    out[:] = np.searchsorted(word_pos, bounds[1:]) - np.searchsorted(word_pos, bounds[:-1])
     # Multi-byte (non-ASCII) whitespace exists (U+00A0, U+2009, ...): strings with any non-ASCII
     # byte are counted by Python itself, so the count is exactly len(text.split()).
-    high = np.zeros(n, dtype=bool)
-    high[nonempty] = np.maximum.reduceat(data, first) >= 0x80
+    high_pos = np.flatnonzero(data >= 0x80)
+    high = (np.searchsorted(high_pos, bounds[1:]) - np.searchsorted(high_pos, bounds[:-1])) > 0
     if high.any():
         idx = np.flatnonzero(high)
         out[idx] = [len(s.split()) for s in arr.take(pa.array(idx)).to_pylist()]

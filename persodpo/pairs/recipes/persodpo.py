@@ -63,7 +63,7 @@ def content_scores(pool: pd.DataFrame, mask: pd.Series, weights: dict[str, float
     return pd.Series(score / total, index=rows.index, dtype="float64"), stats
 
 
-def _content_pairs(pool: pd.DataFrame, score: pd.Series, rc, families: pd.Series) -> tuple[pd.DataFrame, dict]:
+def _content_pairs(pool: pd.DataFrame, score: pd.Series, rc, families: np.ndarray) -> tuple[pd.DataFrame, dict]:
     if score.empty:
         return empty_selection(), {"n_prompts_content": 0, "n_prompts_single_candidate": 0,
                                    "n_prompts_no_margin": 0, "n_dropped_family_cap": 0, "n_dropped_length_cap": 0}
