@@ -107,13 +107,15 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="bench-pairs-")
     t0 = time.time()
-    uris = write(synth(args.candidates), work)
+    uris = {k: st.join(work, k) for k in ("prompts", "candidates", "scores")}
+    if not all(st.is_complete(u) for u in uris.values()):     # reuse inputs a previous run wrote
+        uris = write(synth(args.candidates), work)
     print(f"inputs: {args.candidates} candidates written to {work} in {time.time() - t0:.1f} s", file=sys.stderr)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     results = []
     for recipe in args.recipes:
         out = st.join(work, "pairs-" + recipe)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.time()
         r = subprocess.run([sys.executable, "-m", "persodpo", "pairs", "--input", uris["scores"], "--candidates",
                             uris["candidates"], "--prompts", uris["prompts"], "--output", out, "--recipe", recipe,
@@ -122,15 +124,20 @@ def main() -> None:
         if r.returncode != 0:
             sys.exit(f"{recipe} failed:\n{r.stderr}")
         summary = json.loads(r.stdout.strip().splitlines()[-1])
-        peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the child (user + system): on a shared machine wall time inflates with
+        # the load, CPU time much less; on an idle machine the two are close.
+        cpu = (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime)
         res = {"recipe": recipe, "candidates": args.candidates, "pairs": summary["n_pairs"],
-               "stage_s": summary["wall_time_s"], "process_s": round(wall, 2),
+               "stage_s": summary["wall_time_s"], "process_s": round(wall, 2), "process_cpu_s": round(cpu, 2),
+               "load_avg_1m": round(os.getloadavg()[0], 1),
                "ratio_to_target": round(summary["wall_time_s"] / args.target_s, 3),
-               "peak_rss_gib_max_so_far": round(peak / 2**20, 2), "timings_s": summary["timings_s"]}
+               "peak_rss_gib_max_so_far": round(ru.ru_maxrss / 2**20, 2), "timings_s": summary["timings_s"]}
         results.append(res)
         print(json.dumps(res))
     print(json.dumps({"machine": f"{os.cpu_count()} cores (shared)", "results": [
-        {k: r[k] for k in ("recipe", "pairs", "stage_s", "ratio_to_target")} for r in results]}))
+        {k: r[k] for k in ("recipe", "pairs", "stage_s", "process_cpu_s", "ratio_to_target", "load_avg_1m")}
+        for r in results]}))
 
 
 if __name__ == "__main__":
