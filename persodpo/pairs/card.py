@@ -224,6 +224,8 @@ def markdown(stats: dict, *, config: dict, versions: dict, inputs: dict, images:
     parts = [f"# Data card: pairs from recipe `{stats['recipe']}`", "",
              f"{stats['n_pairs']} pairs over {stats['n_prompts_with_pairs']} of {stats['n_prompts']} prompts "
              f"({stats['n_candidates']} candidates). Inputs: " + ", ".join(f"{k} `{v}`" for k, v in inputs.items()) + ".",
+             "", f"Prompt template `{stats.get('template')}` (word limit {stats.get('word_limit')}); "
+                 f"format signal: `{stats.get('format_signal')}`.",
              "", "## Counts", "",
              _table([(t, n) for t, n in stats["by_pair_type"].items()], ("pair type", "pairs")), "",
              _table([(k, v) for k, v in stats["candidates_by_parse_status"].items()], ("candidate parse status", "candidates"))]

@@ -35,6 +35,8 @@ TEMPLATE_ALIASES = {"persobench-json-authors": "persobench-json-v1"}
 _ASCII_WS = np.zeros(256, dtype=bool)
 _ASCII_WS[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
 _WORDS_BATCH = 65_536
+RESERVED = ("candidate_id", "prompt_id", "generator", "parse_status", "template", "text", "raw", "pcode", "gcode",
+            "parse_ok", "has_text", "has_raw", "words", "fmt_score", "cid_hash", "pid_hash")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Inputs:
     candidates_uri: str = "candidates"
     score_columns: tuple[str, ...] = ()
     generators: list[str] = field(default_factory=list)   # gcode -> generator name
+    format_source: str = "candidates.parse_ok"             # where fmt_score came from
 
 
 def _word_counts_chunk(arr: pa.Array) -> np.ndarray:
@@ -152,6 +155,9 @@ def build_pool(candidates: pa.Table | pd.DataFrame, scores: pa.Table | pd.DataFr
             raise InputError("missing column", file=candidates_uri, field=col)
     if "candidate_id" not in sc.column_names:
         raise InputError("missing column", file=scores_uri, field="candidate_id")
+    clash = sorted(set(metric_columns) & set(RESERVED))
+    if clash:
+        raise InputError(f"metric column name clashes with a pool column {RESERVED}", file=scores_uri, field=clash[0])
     _check_unique(cand.column("candidate_id"), file=candidates_uri)
     _check_unique(sc.column("candidate_id"), file=scores_uri)
     for m in metric_columns:
@@ -200,7 +206,9 @@ def build_pool(candidates: pa.Table | pd.DataFrame, scores: pa.Table | pd.DataFr
     for m in dict.fromkeys(metric_columns):
         pool[m] = from_scores(m)
     ok = pool["parse_ok"].to_numpy(dtype="float64")
+    format_source = "candidates.parse_ok"
     if format_column and format_column in sc.column_names:
+        format_source = f"scores.{format_column}"
         fmt = from_scores(format_column)
         # A candidate the format check could not score falls back to the parser's verdict.
         pool["fmt_score"] = np.where(np.isnan(fmt), ok, fmt)
@@ -209,7 +217,7 @@ def build_pool(candidates: pa.Table | pd.DataFrame, scores: pa.Table | pd.DataFr
     pool["cid_hash"] = _hash(cids)
     pool["pid_hash"] = _hash(pa.array(prompt_values, type=pa.string()))[pcode] if n else np.zeros(0, np.uint64)
     return Inputs(pool, scores_uri=scores_uri, candidates_uri=candidates_uri, score_columns=tuple(metric_columns),
-                  generators=[str(g) for g in generators])
+                  generators=[str(g) for g in generators], format_source=format_source)
 
 
 _FAMILY = re.compile(r"[A-Za-z]+")

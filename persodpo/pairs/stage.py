@@ -94,6 +94,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                         candidates_uri=c.candidates, scores_uri=c.input, needs_raw=needs_raw)
     del scores, candidates
     pool = inputs.pool
+    if recipe.uses_format_signal:
+        log.info("format signal: %s", inputs.format_source)
     template = resolve_template(pool, recipe, c)
     keep = pool["template"].isna() | pool["template"].eq(template)
     n_other_template = int((~keep).sum())
@@ -113,8 +115,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     stats, pair_frame = card_stats(pool, builder.sel, recipe=recipe.name, recipe_stats=result.stats,
                                    recipe_score=result.scores, metric_columns=list(metrics), families=families)
     stats.update({"template": template, "word_limit": c.word_limit, "n_candidates_other_template": n_other_template,
-                  "format_signal": (c.format_column if recipe.uses_format_signal and c.format_column in pool.columns
-                                    else "candidates.parse_ok" if recipe.uses_format_signal else "parse_status")})
+                  "format_signal": inputs.format_source if recipe.uses_format_signal else "candidates.parse_status"})
     lap("card_stats")
 
     out = st.StageOutput(c.output, cfg.storage).begin()

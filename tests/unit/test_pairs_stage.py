@@ -230,3 +230,15 @@ def test_bulk_pair_ids_and_replies_match_the_contract():
     for text in ("plain", 'quote " and \\ backslash', "new\nline\ttab \x01", "café ☕", ""):
         assert render_reply(text, "json") == dumps({"response": text}, ensure_ascii=False)
         assert render_reply(text, "plain") == text
+
+
+def test_format_signal_is_recorded(tmp_path):
+    uris = write_inputs(tmp_path)
+    run_stage(cfg_for(uris, str(tmp_path / "a")))
+    assert json.loads((tmp_path / "a" / "stats.json").read_text())["format_signal"] == "candidates.parse_ok"
+    # A scores table with a format column: that column is the signal.
+    uris = write_inputs(tmp_path / "f", metrics=(*METRICS, "format_ok"))
+    run_stage(cfg_for(uris, str(tmp_path / "b")))
+    stats = json.loads((tmp_path / "b" / "stats.json").read_text())
+    assert stats["format_signal"] == "scores.format_ok"
+    assert "format signal: `scores.format_ok`" in (tmp_path / "b" / "data_card.md").read_text()
