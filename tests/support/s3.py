@@ -49,7 +49,9 @@ class WeedS3:
         ident.write_text(json.dumps({"identities": [{
             "name": "persodpo", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-        (s3, s3g, m, mg, v, vg, f, fg, a, ag, w) = free_ports(11)
+        if not getattr(self, "_ports", None):
+            self._ports = free_ports(11)
+        (s3, s3g, m, mg, v, vg, f, fg, a, ag, w) = self._ports
         self.port = s3
         cmd = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.port={s3}", f"-s3.port.grpc={s3g}", f"-s3.config={ident}",
@@ -105,6 +107,11 @@ class WeedS3:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+    def restart(self, timeout: float = 60.0) -> "WeedS3":
+        """Stop and start again on the same ports and data directory (buckets and objects kept)."""
+        self.stop()
+        return self.start(timeout)
 
     def __enter__(self) -> "WeedS3":
         return self.start()
