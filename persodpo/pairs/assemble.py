@@ -47,6 +47,10 @@ def take(arr: pa.Array | pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
+def take_all(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
 def pair_ids(recipe: str, chosen: list[str], rejected: list[str]) -> list[str]:
     """``contracts.pair_id`` for many pairs at once: the same bytes hashed, without the generic
     helper's per-call overhead (a test checks both agree)."""
@@ -101,10 +105,11 @@ class PairsBuilder:
     def __init__(self, pool: pd.DataFrame, sel: pd.DataFrame, prompts: pa.Table, *, recipe: str, template: str,
                  response_format: str, word_limit: int, prompts_uri: str = "prompts"):
         self.recipe = recipe
-        self.cid = arrow_column(pool["candidate_id"])
-        self.pid = arrow_column(pool["prompt_id"])
-        self.gen = arrow_column(pool["generator"])
-        self.raw = arrow_column(pool["raw"])
+        # Short id columns are combined once (a take on a chunked array re-joins its chunks on
+        # every call); long reply columns are gathered once, for the candidates in a pair only.
+        self.cid = take_all(arrow_column(pool["candidate_id"]))
+        self.pid = take_all(arrow_column(pool["prompt_id"]))
+        self.gen = take_all(arrow_column(pool["generator"]))
         chosen = sel["chosen"].to_numpy(dtype=np.int64)
         rejected = sel["rejected"].to_numpy(dtype=np.int64)
         ids = np.array(pair_ids(recipe, take(self.cid, chosen).to_pylist(), take(self.cid, rejected).to_pylist()),
@@ -131,6 +136,8 @@ class PairsBuilder:
         if any(t is None for t in texts):
             raise StageError(f"recipe {recipe} selected a candidate with no reply text")
         self.rendered = pa.array([render_reply(t, response_format) for t in texts], type=pa.string())
+        self.raw_used = np.unique(self.rejected[self.rejected_raw])
+        self.raw = take(arrow_column(pool["raw"]), self.raw_used).cast(pa.string())
 
     def __len__(self) -> int:
         return len(self.sel)
@@ -144,8 +151,14 @@ class PairsBuilder:
         rej_raw = self.rejected_raw[start:stop]
         # Rendered reply of the rejected, or (format pairs) its raw output; the chosen's index
         # stands in where the rendered one is not needed, and is replaced by if_else.
+        # Each side gathered from its own array; the other array's index is a stand-in that
+        # if_else discards.
         rendered_r = take(self.rendered, np.searchsorted(self.used, np.where(rej_raw, c, r)))
-        rejected = pc.if_else(pa.array(rej_raw), take(self.raw, r).cast(pa.string()), rendered_r)
+        if len(self.raw_used):
+            raw_r = take(self.raw, np.minimum(np.searchsorted(self.raw_used, r), len(self.raw_used) - 1))
+        else:
+            raw_r = pa.nulls(len(r), pa.string())
+        rejected = pc.if_else(pa.array(rej_raw), raw_r, rendered_r)
         if rejected.null_count:
             raise StageError(f"recipe {self.recipe} selected a rejected candidate with no output")
         sc, sr = s["score_chosen"].to_numpy(dtype="float64"), s["score_rejected"].to_numpy(dtype="float64")

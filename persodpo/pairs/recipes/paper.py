@@ -52,13 +52,14 @@ def json_bonus_fires(text: str) -> bool:
     return isinstance(obj, dict) and "response" in obj
 
 
-def _bonus(texts: pd.Series) -> tuple[np.ndarray, int]:
+def _bonus(texts: pd.Series, positions: np.ndarray) -> tuple[np.ndarray, int]:
+    """Whether the bonus fires for the texts at ``positions`` (and how many contain '"response"')."""
     # The regex needs '"response"' in the text: test that vectorised, run the regex on those few.
-    maybe = texts.str.contains('"response"', regex=False).fillna(False).to_numpy(dtype=bool)
-    fires = np.zeros(len(texts), dtype=bool)
+    maybe = texts.str.contains('"response"', regex=False).fillna(False).to_numpy(dtype=bool)[positions]
+    fires = np.zeros(len(positions), dtype=bool)
     idx = np.flatnonzero(maybe)
     if len(idx):
-        fires[idx] = [json_bonus_fires(t) for t in texts.iloc[idx]]
+        fires[idx] = [json_bonus_fires(t) for t in texts.iloc[positions[idx]]]
     return fires, int(maybe.sum())
 
 
@@ -71,7 +72,7 @@ def _pool_scores(pool: pd.DataFrame, rc) -> tuple[pd.DataFrame, pd.DataFrame, di
     valid = usable & status.eq("valid")
     incomplete = valid & pool[metrics].isna().any(axis=1)
     in_pool = usable & ~incomplete
-    rows = pool.loc[in_pool]
+    rows = pool.loc[in_pool, [*metrics, "parse_status", "words"]]   # not the reply columns: a million strings
     values = rows[metrics].copy()
     fallback = rows["parse_status"].ne("valid").to_numpy(dtype=bool)
     for m in metrics:
@@ -111,7 +112,7 @@ def perso_score(pool: pd.DataFrame, rc) -> tuple[pd.Series, dict]:
         closeness = np.maximum(0.0, 1.0 - (np.abs(words - avg) / avg) ** 2)
     else:  # every text empty: no length to be close to (the authors' formula divides by zero)
         closeness = np.zeros(len(words))
-    fires, looked_at = _bonus(rows["text"])
+    fires, looked_at = _bonus(pool["text"], rows.index.to_numpy())
     instructability = np.round(closeness + rc.json_bonus * fires, 3)
     score = _content(norm, rc.weights) + rc.instructability_weight * instructability
     stats.update({"avg_words": avg, "json_bonus_fired": int(fires.sum()),

@@ -36,7 +36,7 @@ from persodpo.pairs.select import empty_selection, first_k_per_prompt, seeded_ke
 
 def content_scores(pool: pd.DataFrame, mask: pd.Series, weights: dict[str, float], normalize: str) -> tuple[pd.Series, dict]:
     """Weighted mean of per-prompt normalised metrics for the rows in ``mask``."""
-    rows = pool.loc[mask]
+    rows = pool.loc[mask, ["pcode", *weights]]        # not the reply columns: a million strings
     codes, uniques = pd.factorize(rows["pcode"])
     n_groups = len(uniques)
     total = sum(abs(w) for w in weights.values()) or 1.0
