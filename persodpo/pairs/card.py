@@ -202,9 +202,11 @@ def plots(pf: pd.DataFrame, recipe_score: pd.Series, stats: dict) -> dict[str, b
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if len(s):
         _hist(ax, s, 50, color="grey")
-    for name, v in ((stats.get("recipe_stats") or {}).get("thresholds") or {}).items():
+    for i, (name, v) in enumerate(((stats.get("recipe_stats") or {}).get("thresholds") or {}).items()):
         ax.axvline(v, color="red", linestyle="--")
-        ax.text(v, ax.get_ylim()[1] * 0.9, f" {name}={v:.4f}", color="red", fontsize=8)
+        # The low threshold is labelled left of its line, the high one right of it.
+        ax.text(v, ax.get_ylim()[1] * (0.92 - 0.08 * i), f" {name}={v:.4f} ", color="red", fontsize=8,
+                ha="right" if i == 0 else "left")
     ax.set(title=f"{stats['recipe']}: candidate scores", xlabel="score", ylabel="candidates")
     out["scores.png"] = _png(fig)
     return out
