@@ -34,6 +34,24 @@ def render_reply(text: str, response_format: str) -> str:
     return text
 
 
+# What json.dumps(..., ensure_ascii=False) escapes in a string: quote, backslash, control characters.
+_JSON_ESCAPED = r'["\\\x00-\x1f]'
+
+
+def render_replies(texts: pa.Array, response_format: str) -> pa.Array:
+    """``render_reply`` over an Arrow array: one concatenation for the replies that need no
+    escaping (most), the JSON encoder only for those that do."""
+    texts = texts.cast(pa.string())
+    if response_format != "json":
+        return texts
+    out = pc.binary_join_element_wise('{"response": "', texts, '"}', "")
+    needs = pc.fill_null(pc.match_substring_regex(texts, _JSON_ESCAPED), False)
+    if pc.any(needs).as_py():
+        escaped = [render_reply(t, "json") for t in texts.filter(needs).to_pylist()]
+        out = pc.replace_with_mask(out, needs, pa.array(escaped, type=pa.string()))
+    return out
+
+
 def arrow_column(col: pd.Series) -> pa.Array | pa.ChunkedArray:
     """A pool column in Arrow: zero-copy for the Arrow-backed string columns (chunks are kept:
     combining a million replies would copy them all)."""
@@ -45,6 +63,14 @@ def take(arr: pa.Array | pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
     """``arr[positions]`` as one Arrow array."""
     out = arr.take(pa.array(np.asarray(positions, dtype=np.int64)))
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
+def take_sorted(arr: pa.Array | pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
+    """``arr[positions]`` for sorted, distinct positions: a mask filter works chunk by chunk,
+    where a take on a chunked array of long strings would first join all its chunks."""
+    mask = np.zeros(len(arr), dtype=bool)
+    mask[positions] = True
+    return take_all(arr.filter(pa.array(mask)))
 
 
 def take_all(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -77,7 +103,13 @@ def prompt_messages(prompts: pa.Table, prompt_ids: np.ndarray, template: str, wo
         raise InputError("a candidate answers this prompt, but the prompts table has no such prompt_id",
                          file=prompts_uri, record=missing, field="prompt_id")
     cols = [c for c in PROMPT_FIELDS if c in prompts.column_names]
-    rows = prompts.select(cols).take(where).to_pylist()
+    # Filter (chunk by chunk) in table order, then put the rows in the order asked for.
+    where = np.asarray(where, dtype=np.int64)
+    order = np.argsort(where, kind="stable")
+    picked = prompts.select(cols).filter(pa.array(np.isin(np.arange(prompts.num_rows), where))).to_pylist()
+    rows = [None] * len(where)
+    for k, i in enumerate(order):
+        rows[i] = picked[k]
     out = []
     for pid, row in zip(prompt_ids, rows):
         if not row.get("history"):
@@ -132,12 +164,12 @@ class PairsBuilder:
             self.prompt_msgs = prompt_messages(prompts, prompt_ids, template, word_limit, prompts_uri)
         # Replies are rendered once per candidate that appears in a pair (not once per pair).
         self.used = np.unique(np.concatenate([self.chosen, self.rejected[~self.rejected_raw]]))
-        texts = take(arrow_column(pool["text"]), self.used).to_pylist()
-        if any(t is None for t in texts):
+        texts = take_sorted(arrow_column(pool["text"]), self.used)
+        if texts.null_count:
             raise StageError(f"recipe {recipe} selected a candidate with no reply text")
-        self.rendered = pa.array([render_reply(t, response_format) for t in texts], type=pa.string())
+        self.rendered = render_replies(texts, response_format)
         self.raw_used = np.unique(self.rejected[self.rejected_raw])
-        self.raw = take(arrow_column(pool["raw"]), self.raw_used).cast(pa.string())
+        self.raw = take_sorted(arrow_column(pool["raw"]), self.raw_used).cast(pa.string())
 
     def __len__(self) -> int:
         return len(self.sel)

@@ -222,14 +222,19 @@ def test_a_crash_leaves_no_trusted_output(tmp_path):
 def test_bulk_pair_ids_and_replies_match_the_contract():
     from json import dumps
 
-    from persodpo.pairs.assemble import pair_ids, render_reply
+    from persodpo.pairs.assemble import pair_ids, render_replies, render_reply
 
     chosen, rejected = ["c_1", "c_é\x1f", "x"], ["c_2", "r", "x y"]
     assert pair_ids("paper-perso", chosen, rejected) == [contracts.pair_id("paper-perso", c, r)
                                                          for c, r in zip(chosen, rejected)]
-    for text in ("plain", 'quote " and \\ backslash', "new\nline\ttab \x01", "café ☕", ""):
+    texts = ["plain", 'quote " and \\ backslash', "new\nline\ttab \x01", "café ☕", "", "\x7f\u2028 kept", "}{"]
+    for text in texts:
         assert render_reply(text, "json") == dumps({"response": text}, ensure_ascii=False)
         assert render_reply(text, "plain") == text
+    chunked = pa.chunked_array([pa.array(texts[:3]), pa.array(texts[3:])]).combine_chunks()
+    assert render_replies(chunked, "json").to_pylist() == [dumps({"response": t}, ensure_ascii=False) for t in texts]
+    assert render_replies(pa.array(["a", "b"]), "json").to_pylist() == ['{"response": "a"}', '{"response": "b"}']
+    assert render_replies(pa.array(texts), "plain").to_pylist() == texts
 
 
 def test_format_signal_is_recorded(tmp_path):
