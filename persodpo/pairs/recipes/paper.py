@@ -21,8 +21,8 @@
 Not in the README, decided here: a valid output with a null metric (our scorer could not score
 it; the authors' data has none) is dropped and counted, not given worst-case values; a pair of
 one candidate with itself, or of two equal scores (possible only when p40 == p60), is dropped and
-counted. ``round`` is numpy's (half to even on the binary value, like Python's ``round`` except
-on rare exact ties at the third decimal).
+counted. ``round`` is numpy's (vectorised; it can differ from Python's ``round`` in the third
+decimal only for values a hair from a rounding tie).
 """
 
 from __future__ import annotations
