@@ -1,0 +1,242 @@
+"""The evaluate stage: held-out generation with the base and trained models (and baselines),
+scored with the training data's metrics, compared in a report.
+
+Output layout (each sub-table is a complete stage output of its own, so a crashed evaluation
+resumes where it stopped)::
+
+    OUTPUT/prompts/       the held-out prompts used
+    OUTPUT/candidates/    replies of every evaluated model (the generate stage, greedy)
+    OUTPUT/scored/        those replies + the authors' held-out outputs, scored (the score stage)
+    OUTPUT/               tables (model x metric, length buckets) + report.md + PNG plots
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from persodpo import contracts
+from persodpo import storage as st
+from persodpo.config import PersoDPOConfig
+from persodpo.errors import ConfigError, InputError
+from persodpo.evaluate import report
+from persodpo.manifest import stage_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _held_out_prompts(cfg: PersoDPOConfig) -> pa.Table:
+    e = cfg.evaluate
+    table = st.read_table(e.prompts, cfg.storage)
+    if e.split is not None:
+        splits = sorted(set(table.column("split").to_pylist()))
+        table = table.filter(pc.equal(table.column("split"), e.split))
+        if table.num_rows == 0:
+            raise InputError(f"no prompts of split {e.split!r} (splits present: {splits}); set evaluate.split",
+                             file=e.prompts, field="split")
+    if e.max_prompts:
+        table = table.slice(0, e.max_prompts)
+    return table
+
+
+def _local_model_dir(uri: str, cfg: PersoDPOConfig) -> str:
+    """vLLM loads local folders: copy a model stored on s3:// (weights, tokenizer; no checkpoints)."""
+    if not st.is_s3(uri):
+        return uri
+    from persodpo.models import cache_dir
+
+    fs, path = st.resolve(uri, cfg.storage)
+    dest = cache_dir() / "eval-models" / contracts._h(uri)
+    if (dest / ".complete").exists():
+        return str(dest)
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    for info in infos:
+        rel = info.path[len(path):].lstrip("/")
+        if info.type != pafs.FileType.File or rel.split("/")[0] in ("checkpoints", "tensorboard"):
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as out:
+            out.write(src.read())
+    (dest / ".complete").write_text("ok\n")
+    return str(dest)
+
+
+def models_to_evaluate(cfg: PersoDPOConfig) -> list[tuple[str, str]]:
+    e = cfg.evaluate
+    models: list[tuple[str, str]] = []
+    if e.include_base:
+        models.append((e.base_name, cfg.train.model))
+    if e.input:
+        if not st.is_complete(e.input, cfg.storage):
+            raise InputError("not a complete train output (no _SUCCESS): run `persodpo train` first", file=e.input)
+        models.append((e.trained_name, _local_model_dir(e.input, cfg)))
+    for b in e.baselines:
+        models.append((b.name, _local_model_dir(b.model, cfg) if st.is_s3(b.model) else b.model))
+    names = [n for n, _ in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be unique: {names}", key="evaluate.baselines")
+    if not models:
+        raise ConfigError("nothing to evaluate: no trained model (evaluate.input), base or baselines",
+                          key="evaluate.input")
+    return models
+
+
+def _generation_config(cfg: PersoDPOConfig, models, prompts_uri: str, out_uri: str) -> PersoDPOConfig:
+    from persodpo.generate.config import GeneratorConfig
+
+    c = cfg.model_copy(deep=True)
+    template = next((g for g in cfg.generate.generators if g.backend == "vllm"), None)
+    gens = []
+    for name, model in models:
+        g = {"name": name, "backend": "vllm", "model": model,
+             "sampling": {"temperature": cfg.evaluate.temperature, "seed": 0}}
+        if template is not None and template.vllm is not None:
+            g["vllm"] = template.vllm.model_dump()
+        gens.append(GeneratorConfig.model_validate(g))
+    c.generate = c.generate.model_copy(update={"input": prompts_uri, "output": out_uri, "generators": gens,
+                                               "max_prompts": None})
+    return c
+
+
+def _authors_rows(cfg: PersoDPOConfig, prompt_ids: set[str]) -> pa.Table | None:
+    root = cfg.evaluate.authors_outputs
+    if not root:
+        return None
+    cands = st.read_table(st.join(root, "eval_candidates"), cfg.storage)
+    mask = pa.array([p in prompt_ids for p in cands.column("prompt_id").to_pylist()])
+    cands = cands.filter(mask)
+    if cands.num_rows == 0:
+        raise InputError("none of the authors' held-out outputs answer the evaluated prompts (evaluate.prompts "
+                         "must be the authors' valid prompts from the same import)", file=root)
+    return cands
+
+
+def _write_stage_table(uri: str, table: pa.Table, cfg: PersoDPOConfig, **fields) -> None:
+    out = st.StageOutput(uri, cfg.storage).begin()
+    out.write_table(table)
+    out.commit(stage_manifest(cfg, "evaluate", rows=table.num_rows, **fields))
+
+
+def _training_history(cfg: PersoDPOConfig) -> list[dict]:
+    if not cfg.evaluate.input:
+        return []
+    try:
+        text = st.read_bytes(st.join(cfg.evaluate.input, "metrics.jsonl"), cfg.storage).decode()
+    except Exception:  # noqa: BLE001 - the report just has no training curves
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _pairs_card(cfg: PersoDPOConfig) -> dict | None:
+    uri = cfg.train.input
+    if not uri:
+        return None
+    try:
+        return json.loads(st.read_bytes(st.join(uri, "stats.json"), cfg.storage))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def render_report(df: pd.DataFrame, metrics: list[str], *, models: list[str], history: list[dict],
+                  pairs_stats: dict | None, n_prompts: int, split: str | None, buckets: int) -> tuple[str, dict]:
+    """report.md text and {file name: PNG bytes}."""
+    table = report.model_table(df, metrics)
+    per_bucket, lc = report.length_controlled(df, metrics, buckets)
+    corr = report.length_correlation(df, metrics)
+    files = {"metrics_by_model.png": report.plot_metric_distributions(df, metrics),
+             "length_by_model.png": report.plot_length_histograms(df)}
+    curves = report.plot_training_curves(history)
+    if curves:
+        files["training_curves.png"] = curves
+    lines = [f"# persodpo evaluation", "",
+             f"{n_prompts} held-out prompts (split: {split or 'all'}); models: {', '.join(models)}.", "",
+             "## Scores per model", "",
+             "Failure ratio = replies that did not follow the requested format; words = mean words of usable replies.",
+             "", report.markdown_table(table, ["model", "n", "failure_ratio", "unusable_ratio", "mean_words", *metrics]),
+             "", "## Length-controlled scores", "",
+             f"Each model's mean over {int(lc['buckets_used'].iloc[0]) if len(lc) else 0} word-count buckets shared by "
+             "all models, every bucket weighted equally: shorter replies cannot pass for better ones.", "",
+             report.markdown_table(lc, ["model", *metrics]) if len(lc) else "(no usable replies)", "",
+             "Per bucket:", "", report.markdown_table(per_bucket, ["model", "bucket", "n", *metrics]), "",
+             "## Correlation of each metric with reply length (Spearman, all usable replies)", "",
+             "| metric | rho |", "|---|---|", *[f"| {m} | {report._fmt(v)} |" for m, v in corr.items()], "",
+             "## Plots", "", "![metrics](metrics_by_model.png)", "", "![length](length_by_model.png)", ""]
+    if curves:
+        last = history[-1] if history else {}
+        lines += ["## Training", "", f"{len(history)} logged steps; last: " +
+                  ", ".join(f"{k} {report._fmt(float(v))}" for k, v in last.items()
+                            if isinstance(v, (int, float)) and k != "step"), "",
+                  "![training](training_curves.png)", ""]
+    if pairs_stats:
+        lines += ["## Training pairs (data card)", "", "```json",
+                  json.dumps({k: pairs_stats[k] for k in list(pairs_stats)[:12]}, indent=1, default=str)[:4000],
+                  "```", "", "Full card: the pairs stage output's `data_card.md`.", ""]
+    return "\n".join(lines), files
+
+
+def run_stage(cfg: PersoDPOConfig) -> dict:
+    e = cfg.evaluate
+    for key in ("prompts", "output"):
+        if not getattr(e, key):
+            raise ConfigError(f"no {key} URI (set evaluate.{key})", key=f"evaluate.{key}")
+    t0 = time.time()
+    from persodpo.generate.stage import run_stage as generate
+    from persodpo.score.stage import run_stage as score
+
+    # Un-mark the output first: while its sub-tables are rewritten, nothing may trust it.
+    out = st.StageOutput(e.output, cfg.storage, resume=True).begin()
+    prompts = _held_out_prompts(cfg)
+    prompts_uri, cands_uri = st.join(e.output, "prompts"), st.join(e.output, "candidates")
+    scored_in, scored_uri = st.join(e.output, "candidates_all"), st.join(e.output, "scored")
+    _write_stage_table(prompts_uri, prompts, cfg, table_name="prompts", source=e.prompts)
+    models = models_to_evaluate(cfg)
+    log.info("evaluate: %d held-out prompts x models %s", prompts.num_rows, [n for n, _ in models])
+    gen_summary = generate(_generation_config(cfg, models, prompts_uri, cands_uri))
+
+    ours = st.read_table(cands_uri, cfg.storage)
+    authors = _authors_rows(cfg, set(prompts.column("prompt_id").to_pylist()))
+    all_cands = contracts.conform(ours, contracts.CANDIDATES).select(contracts.CANDIDATES.names)
+    if authors is not None:
+        all_cands = pa.concat_tables([all_cands, contracts.conform(authors, contracts.CANDIDATES)
+                                      .select(contracts.CANDIDATES.names)])
+    _write_stage_table(scored_in, all_cands, cfg, table_name="candidates_all")
+
+    sc = cfg.model_copy(deep=True)
+    sc.score = sc.score.model_copy(update={"input": scored_in, "prompts": prompts_uri, "output": scored_uri,
+                                           **({} if e.judges else {"judges": []})})
+    score_summary = score(sc)
+
+    cands_df = st.read_table(scored_in, cfg.storage).to_pandas()
+    scores_df = st.read_table(scored_uri, cfg.storage).to_pandas()
+    metrics = report.metric_columns(scores_df)
+    df = report.join(cands_df, scores_df)
+    model_names = list(dict.fromkeys(df["model"]))
+    md, files = render_report(df, metrics, models=model_names, history=_training_history(cfg),
+                              pairs_stats=_pairs_card(cfg), n_prompts=prompts.num_rows, split=e.split,
+                              buckets=e.length_buckets)
+    table = report.model_table(df, metrics)
+    _, lc = report.length_controlled(df, metrics, e.length_buckets)
+
+    out.write_table(pa.Table.from_pandas(table, preserve_index=False), "model_table.parquet")
+    out.write_table(pa.Table.from_pandas(lc, preserve_index=False), "length_controlled.parquet")
+    out.write_file("report.md", md)
+    for name, data in files.items():
+        out.write_file(name, data)
+    summary_models = {r["model"]: {"n": int(r["n"]), "failure_ratio": round(float(r["failure_ratio"]), 4),
+                                   "mean_words": None if pd.isna(r["mean_words"]) else round(float(r["mean_words"]), 1)}
+                      for _, r in table.iterrows()}
+    cost = float(gen_summary.get("cost_usd") or 0) + float(score_summary.get("cost_usd") or 0)
+    out.commit(stage_manifest(cfg, "evaluate", rows=int(len(df)), models=summary_models, metrics=metrics,
+                              cost_usd=cost))
+    return {"stage": "evaluate", "output": e.output, "report": st.join(e.output, "report.md"),
+            "n_prompts": prompts.num_rows, "models": summary_models, "metrics": metrics,
+            "cost_usd": round(cost, 6), "wall_time_s": round(time.time() - t0, 2)}
