@@ -93,7 +93,9 @@ class TrainConfig(Section):
     resume: bool = Field(True, description="False: discard this run name's checkpoints and start over")
     save_steps: int = Field(50, ge=1, description="checkpoint every N optimizer steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="metrics.jsonl / report_to integrations every N steps")
+    ray_report_steps: int = Field(0, ge=0, description="also ray.train.report metrics every N steps (0: only with "
+                                                       "checkpoints); each report can stall a worker up to 2 s")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"],
                                  description="transformers integrations: tensorboard, wandb, mlflow, none")
     sync_check: bool = Field(True, description="compare parameter digests across ranks after the first step and "

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # Fields that do not change what is trained: a restart that changes only these resumes.
 _NOT_IN_RUN_NAME = {"run_name", "resume", "max_failures", "report_to", "logging_steps", "keep_checkpoints",
+                    "ray_report_steps",
                     "local_dir", "sync_check", "output", "save_steps", "resources_per_worker", "placement_strategy"}
 
 
@@ -69,12 +70,14 @@ def _check_tokenizer(model_path: str, source: str) -> None:
 
 
 def _raise_worker_error(exc: BaseException) -> None:
-    """Re-raise our own error from a worker (bad data, diverged ranks) as itself."""
+    """Re-raise our own error from a worker (e.g. diverged ranks) as itself, anything else as a
+    StageError carrying the end of the worker traceback."""
     for err in (getattr(exc, "worker_failures", None) or {}).values():
-        for e in (err, getattr(err, "cause", None), getattr(err, "__cause__", None)):
+        # Ray Train 2.60 wraps a worker's exception in UserExceptionWithTraceback(_base_exc).
+        for e in (err, getattr(err, "_base_exc", None), getattr(err, "cause", None)):
             if isinstance(e, PersoDPOError):
-                raise e
-    raise StageError(f"training failed: {exc}") from exc
+                raise e from exc
+    raise StageError(f"training failed: {str(exc)[-4000:]}") from exc
 
 
 def run_stage(cfg: PersoDPOConfig) -> dict:
@@ -100,7 +103,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     pairs = check_input(cfg, ds)
     pairs.update(recipe=pairs_manifest.get("recipe") or sorted(pairs["recipes"]),
                  config_hash=pairs_manifest.get("config_hash"))
-    ds = ds.drop_columns(["path"])
+    # (The "path" column stays: dropping it here would add a Ray Data task per block that the
+    # workers would wait for, on CPUs they hold themselves. training_rows() selects columns.)
 
     use_gpu = c.use_gpu if c.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     resources = c.resources_per_worker or ({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1})
@@ -114,6 +118,9 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         if ckpt_fs.get_file_info(run_path).type != pafs.FileType.NotFound:
             log.info("train.resume=false: deleting the checkpoints of %s", name)
             ckpt_fs.delete_dir(run_path)
+    # Ray Train's print patch also logs what libraries print into a captured stream on purpose
+    # (dill disassembles every function datasets fingerprints: thousands of lines per worker).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     local_dir = c.local_dir or os.path.join(tempfile.gettempdir(), "persodpo-train", f"{name}-{uuid.uuid4().hex[:8]}")
 
     trainer = TorchTrainer(

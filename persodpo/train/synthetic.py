@@ -55,3 +55,32 @@ def write_pairs(uri: str, table: pa.Table, storage=None, *, parts: int = 2) -> s
     out.commit({"stage": "pairs", "rows": table.num_rows, "recipe": recipes[0] if len(recipes) == 1 else recipes,
                 "config_hash": "synthetic"})
     return uri
+
+
+def focus_pairs(*, shifts: tuple[int, ...] = (1,), template: str = "persobench-json-v1",
+                recipe: str = "bundled-gold-vs-other-turn") -> pa.Table:
+    """Pairs with realistic prompts from the bundled FoCus sample: the real prompt template, the
+    gold reply as chosen and another turn's gold reply as rejected (one pair per turn and shift).
+    For benchmarks and smoke runs that need production-like sequence lengths, not for quality."""
+    import json
+
+    from persodpo.ingest.focus import read_focus
+    from persodpo.ingest.stage import bundled_sample
+    from persodpo.prompting import build_messages
+
+    prompts = read_focus(bundled_sample())[0].to_pylist()
+    rows = []
+    for shift in shifts:
+        for i, p in enumerate(prompts):
+            other = prompts[(i + shift) % len(prompts)]
+            cc, rc = candidate_id(p["prompt_id"], "gold"), candidate_id(p["prompt_id"], f"gold-of-{other['prompt_id']}")
+            rows.append({
+                "pair_id": pair_id(recipe, cc, rc), "prompt_id": p["prompt_id"],
+                "prompt": build_messages(p, template),
+                "chosen": [{"role": "assistant", "content": json.dumps({"response": p["gold"]})}],
+                "rejected": [{"role": "assistant", "content": json.dumps({"response": other["gold"]})}],
+                "chosen_candidate_id": cc, "rejected_candidate_id": rc,
+                "chosen_generator": "gold", "rejected_generator": "gold-other-turn",
+                "score_chosen": 1.0, "score_rejected": 0.5, "margin": 0.5, "pair_type": "content", "recipe": recipe,
+            })
+    return pa.Table.from_pylist(rows, schema=PAIRS)

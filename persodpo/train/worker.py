@@ -110,7 +110,8 @@ def train_loop(config: dict) -> None:
         if "tensorboard" in c.report_to and os.path.isdir(tb):
             upload_dir(tb, join(c.output, "tensorboard"), cfg.storage)
 
-    callbacks = [RayTrainReport(world_rank=rank, local_rank=local_rank, history=history, after_save=after_save)]
+    callbacks = [RayTrainReport(world_rank=rank, local_rank=local_rank, history=history,
+                                report_every=c.ray_report_steps, after_save=after_save)]
     if c.sync_check and world > 1 and c.zero_stage < 3:
         callbacks.append(SyncCheck(sync_record))
     trainer_cls = weighted_trainer_class() if weights_fn else DPOTrainer
