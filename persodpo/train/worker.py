@@ -38,7 +38,7 @@ def upload_dir(local: str, uri: str, storage=None) -> None:
     pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def _merge_lora(model_path: str, adapter_dir: str, out_dir: str) -> None:
+def merge_lora(model_path: str, adapter_dir: str, out_dir: str) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -146,7 +146,7 @@ def train_loop(config: dict) -> None:
         if c.lora.enabled and c.lora.merge:
             adapter = os.path.join(local, "adapter")
             os.replace(final, adapter)
-            _merge_lora(model_path, adapter, final)
+            merge_lora(model_path, adapter, final)
             tokenizer.save_pretrained(final)
             os.replace(adapter, os.path.join(final, "adapter"))
         pairs = config["pairs"]
