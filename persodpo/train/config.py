@@ -49,6 +49,8 @@ class TrainConfig(Section):
         default_factory=lambda: ["content", "format"], description="which pair types to train on")
     max_length: int | None = Field(1024, ge=8, description="prompt + completion tokens; longer pairs are truncated")
     shuffle_seed: int = 42
+    dataset_num_proc: int | None = Field(None, ge=1, description="processes per worker for TRL's tokenization "
+                                                                 "(every worker tokenizes every pair)")
 
     # -- DPO -----------------------------------------------------------------------------------
     beta: float = Field(0.1, gt=0)

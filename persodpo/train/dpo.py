@@ -83,6 +83,7 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
         loss_weights=list(c.loss_weights) if c.loss_weights else None,
         label_smoothing=c.label_smoothing,
         max_length=c.max_length,
+        dataset_num_proc=c.dataset_num_proc,
         precompute_ref_log_probs=c.precompute_ref_log_probs,
         report_to=list(c.report_to) or "none",
         logging_steps=c.logging_steps,

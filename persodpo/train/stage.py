@@ -80,6 +80,14 @@ def _raise_worker_error(exc: BaseException) -> None:
     raise StageError(f"training failed: {str(exc)[-4000:]}") from exc
 
 
+def _thin(values: list, keep: int = 100) -> list:
+    """At most ``keep`` evenly spaced values, always the last (metrics.jsonl has them all)."""
+    if len(values) <= keep:
+        return values
+    step = len(values) / keep
+    return [values[int(i * step)] for i in range(keep - 1)] + [values[-1]]
+
+
 def run_stage(cfg: PersoDPOConfig) -> dict:
     c = cfg.train
     if not c.input:
@@ -165,6 +173,6 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
              fields["last_loss"], c.output)
     return {"stage": "train", "output": c.output, "input": c.input, "run_name": name, "n_pairs": pairs["used"],
             "global_step": summary.get("global_step"), "resumed_from_step": summary.get("resumed_from_step"),
-            "first_loss": fields["first_loss"], "last_loss": fields["last_loss"], "losses": losses,
+            "first_loss": fields["first_loss"], "last_loss": fields["last_loss"], "losses": _thin(losses),
             "mean_tokens_per_s": fields["mean_tokens_per_s"], "sync_check": summary.get("sync_check"),
             "world_size": summary.get("world_size"), "wall_time_s": round(time.time() - t0, 2)}

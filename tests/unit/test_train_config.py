@@ -98,3 +98,11 @@ def test_dpo_args_map_our_fields_onto_trl(tmp_path):
     assert (a.beta, a.max_steps, a.loss_type, a.per_device_train_batch_size) == (0.3, 7, ["ipo"], 3)
     assert a.use_cpu and not a.bf16 and a.deepspeed is None and a.report_to == []
     assert a.save_total_limit == 1 and a.logging_first_step
+
+
+def test_summary_loss_curve_is_thinned_but_keeps_the_last_value():
+    from persodpo.train.stage import _thin
+
+    assert _thin([1, 2, 3]) == [1, 2, 3]
+    t = _thin(list(range(1000)))
+    assert len(t) == 100 and t[0] == 0 and t[-1] == 999 and t == sorted(t)
