@@ -16,6 +16,7 @@ newest checkpoint under ``checkpoints/RUN_NAME``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -26,6 +27,7 @@ from persodpo import storage as st
 from persodpo.config import PersoDPOConfig, section_hash
 from persodpo.errors import ConfigError, InputError, PersoDPOError, StageError
 from persodpo.manifest import stage_manifest
+from persodpo.train.worker import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,10 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     use_gpu = c.use_gpu if c.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     resources = c.resources_per_worker or ({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1})
     name = run_name(cfg)
+    # resume=True keeps checkpoints/ (a restarted run continues from them); only _SUCCESS and the
+    # previous run's summary go, so nothing of an older run can pass for this one's result.
     out = st.StageOutput(c.output, cfg.storage, resume=True).begin()
+    out._delete(SUMMARY_FILE)
     ckpt_fs, ckpt_path = st.resolve(st.join(c.output, "checkpoints"), cfg.storage)
     run_path = ckpt_path.rstrip("/") + "/" + name
     if not c.resume:
@@ -154,10 +159,6 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; unwrap ours, name the rest
         _raise_worker_error(exc)
-    import json
-
-    from persodpo.train.worker import SUMMARY_FILE
-
     summary = json.loads(st.read_bytes(st.join(c.output, SUMMARY_FILE), cfg.storage))
     history = summary.pop("history", [])
     losses = [m["loss"] for m in history if "loss" in m]
