@@ -28,7 +28,7 @@ N_PAIRS = 32
 TRAIN = ["train.model=tiny:llama", "train.num_workers=2", "train.per_device_batch_size=2",
          "train.gradient_accumulation_steps=1", f"train.max_steps={STEPS}", "train.save_steps=3",
          "train.logging_steps=1", "train.learning_rate=0.001", "train.warmup_ratio=0.0", "train.max_length=128",
-         "ray.num_cpus=4", "ray.progress_bars=false"]
+         "ray.num_cpus=2", "ray.progress_bars=false"]
 
 
 def _run_cli(args: list[str], *, env_extra: dict | None = None, timeout: float = 480) -> tuple[int, dict, str]:
