@@ -74,11 +74,15 @@ def _check_tokenizer(model_path: str, source: str) -> None:
 def _raise_worker_error(exc: BaseException) -> None:
     """Re-raise our own error from a worker (e.g. diverged ranks) as itself, anything else as a
     StageError carrying the end of the worker traceback."""
-    for err in (getattr(exc, "worker_failures", None) or {}).values():
+    failures = getattr(exc, "worker_failures", None) or {}
+    for err in failures.values():
         # Ray Train 2.60 wraps a worker's exception in UserExceptionWithTraceback(_base_exc).
         for e in (err, getattr(err, "_base_exc", None), getattr(err, "cause", None)):
             if isinstance(e, PersoDPOError):
                 raise e from exc
+    if failures:
+        rank, err = min(failures.items())
+        raise StageError(f"training failed on worker rank {rank}: {str(err)[-4000:]}") from exc
     raise StageError(f"training failed: {str(exc)[-4000:]}") from exc
 
 

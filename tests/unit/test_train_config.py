@@ -106,3 +106,22 @@ def test_summary_loss_curve_is_thinned_but_keeps_the_last_value():
     assert _thin([1, 2, 3]) == [1, 2, 3]
     t = _thin(list(range(1000)))
     assert len(t) == 100 and t[0] == 0 and t[-1] == 999 and t == sorted(t)
+
+
+def test_worker_errors_come_back_as_our_errors():
+    """Ray Train 2.60 wraps a worker's exception (WorkerGroupError -> UserExceptionWithTraceback);
+    ours is re-raised as itself, anything else as a StageError with the worker traceback."""
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from persodpo.errors import StageError
+    from persodpo.train.stage import _raise_worker_error
+
+    diverged = StageError("workers diverged at step 1")
+    wrapped = WorkerGroupError("rank 1 failed", {1: UserExceptionWithTraceback(diverged, "Traceback ...")})
+    with pytest.raises(StageError) as err:
+        _raise_worker_error(wrapped)
+    assert err.value is diverged
+    other = WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(RuntimeError("oom"), "Traceback: oom")})
+    with pytest.raises(StageError, match="training failed on worker rank 0: Traceback: oom"):
+        _raise_worker_error(other)
