@@ -74,6 +74,9 @@ def build_model(out: Path, *, tiny: bool) -> Path:
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(str(out), safe_serialization=True)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()      # the runs are separate processes: leave them the whole GPU
     return out
 
 
