@@ -177,6 +177,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     log.info("train: %s steps, loss %s -> %s, model in %s", summary.get("global_step"), fields["first_loss"],
              fields["last_loss"], c.output)
     return {"stage": "train", "output": c.output, "input": c.input, "run_name": name, "n_pairs": pairs["used"],
+            "pairs_dropped_too_long": summary.get("pairs_dropped_too_long"),
             "global_step": summary.get("global_step"), "resumed_from_step": summary.get("resumed_from_step"),
             "first_loss": fields["first_loss"], "last_loss": fields["last_loss"], "losses": _thin(losses),
             "mean_tokens_per_s": fields["mean_tokens_per_s"], "sync_check": summary.get("sync_check"),

@@ -56,6 +56,7 @@ def train_loop(config: dict) -> None:
     from trl import DPOTrainer
 
     from persodpo.config import PersoDPOConfig
+    from persodpo.errors import ConfigError
     from persodpo.models import resolve_model
     from persodpo.storage import join
     from persodpo.train.callbacks import METRICS_FILE, RayTrainReport, SyncCheck
@@ -119,6 +120,11 @@ def train_loop(config: dict) -> None:
                           train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(c),
                           callbacks=callbacks)
 
+    # TRL drops pairs whose prompt alone fills max_length; with none left the sampler fails obscurely.
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise ConfigError(f"every one of the {rows.num_rows} pairs has a prompt of {c.max_length} tokens or more, "
+                          "so nothing is left to train on: raise train.max_length", key="train.max_length")
     timings["trainer_ready"] = time.time()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -138,7 +144,8 @@ def train_loop(config: dict) -> None:
     final = os.path.join(local, "final")
     trainer.save_model(final)
     timings["saved"] = time.time()
-    summary = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch,
+    summary = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch, "pairs_trained": kept,
+               "pairs_dropped_too_long": rows.num_rows - kept,
                "resumed_from_step": resumed_step, "world_size": world, "on_gpu": on_gpu,
                "sync_check": sync_record, "timings": {k: round(v - timings["start"], 3) for k, v in timings.items()},
                "history": history}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from persodpo.train.synthetic import easy_pairs, write_pairs
+from persodpo.train.synthetic import easy_pairs, focus_pairs, write_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +33,17 @@ TRAIN = ["train.model=tiny:llama", "train.num_workers=2", "train.per_device_batc
 
 def _run_cli(args: list[str], *, env_extra: dict | None = None, timeout: float = 480) -> tuple[int, dict, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), **(env_extra or {}))
-    cmd = [sys.executable, "-m", "persodpo", "train", *args]
+    cmd = [sys.executable, "-m", "persodpo", "train"]
     for o in TRAIN:
         cmd += ["--set", o]
+    cmd += args                       # after the shared settings, so a test's own settings win
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
     summary = json.loads(lines[-1]) if lines else {}
     return p.returncode, summary, p.stderr
 
 
-def _single_process_losses(tmp_path: Path, overrides: list[str]) -> list[float]:
+def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> list[float]:
     """The same run in one process with plain TRL (no DeepSpeed, no Ray): one worker, batch 2 x 2."""
     import datasets
     from functools import partial
@@ -59,7 +60,8 @@ def _single_process_losses(tmp_path: Path, overrides: list[str]) -> list[float]:
     c = load_config(None, TRAIN + overrides + ["train.per_device_batch_size=4", "train.zero_stage=0",
                                                "train.report_to=[none]"]).train
     weights = partial(margin_weights, mode=c.margin_weighting) if c.margin_weighting != "none" else None
-    rows = training_rows(easy_pairs(N_PAIRS), pair_types=c.pair_types, weights_fn=weights)
+    table = easy_pairs(N_PAIRS) if table is None else table
+    rows = training_rows(table, pair_types=c.pair_types, weights_fn=weights)
     args = dpo_args(c, output_dir=str(tmp_path / "single"), world_size=1, on_gpu=False)
     args.save_strategy = "no"
     path = resolve_model(c.model)
@@ -144,12 +146,17 @@ def _session_gone(sid: int) -> bool:
 
 
 def test_zero3_killed_run_resumes_from_its_checkpoint(tmp_path):
+    """On pairs of the bundled FoCus sample with the real prompt template (450-610 tokens each with
+    the tiny model's tokenizer), so long sequences go through ZeRO-3 too."""
     pairs, out = str(tmp_path / "pairs"), str(tmp_path / "dpo")
-    write_pairs(pairs, easy_pairs(N_PAIRS))
-    args = ["--input", pairs, "--output", out, "--set", "train.zero_stage=3"]
-    cmd = [sys.executable, "-m", "persodpo", "train", *args]
+    table = focus_pairs()
+    write_pairs(pairs, table)
+    long = ["train.max_length=640"]
+    args = ["--input", pairs, "--output", out, "--set", "train.zero_stage=3", "--set", long[0]]
+    cmd = [sys.executable, "-m", "persodpo", "train"]
     for o in TRAIN:
         cmd += ["--set", o]
+    cmd += args
     # First attempt: every worker stops making progress after the step-3 checkpoint is uploaded
     # (fault injection), then the whole job (driver, its local Ray and the workers) is killed.
     env = dict(os.environ, PYTHONPATH=str(REPO), PERSODPO_TRAIN_HANG_AFTER_SAVE="3")
@@ -183,8 +190,9 @@ def test_zero3_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert (tmp_path / "dpo" / "_SUCCESS").exists() and (tmp_path / "dpo" / "model.safetensors").exists()
     # The resumed ZeRO-3 run continues exactly where the killed one stopped: its whole loss curve
     # (steps 1-3 from the checkpoint's metrics, 4-6 trained now) is the single-process one.
-    single = _single_process_losses(tmp_path, [])
+    single = _single_process_losses(tmp_path, long, table)
     assert single == pytest.approx(s["losses"], rel=1e-4), (single, s["losses"])
+    assert s["n_pairs"] == table.num_rows
 
 
 def test_bad_pairs_fail_before_any_worker_starts(ray_local, tmp_path):
