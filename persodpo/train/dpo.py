@@ -1,0 +1,168 @@
+"""TRL's DPOTrainer, configured from our config, with per-pair (margin) weights that really apply.
+
+Where a per-pair weight can enter TRL 1.16: ``Trainer.compute_loss`` -> ``DPOTrainer.compute_loss``
+-> ``DPOTrainer._compute_loss``, which computes every loss type in one body and offers exactly one
+per-pair multiplier: with ``use_weighting`` (WPO) it multiplies each pair's loss by
+``exp(mean_t(logp_t - log_sum_sq_probs_t))`` of the chosen times the same of the rejected
+completion, where ``log_sum_sq_probs`` is a field of the policy forward's output, computed without
+gradient. (The PersoDPO authors overrode ``dpo_loss``, a method TRL no longer calls, so their
+weights never ran.) :class:`WeightedDPOTrainer` fills that field so the product is our weight:
+``log_sum_sq_probs = logp - log(w)`` on the chosen rows and ``= logp`` on the rejected rows. The
+loss value and the gradient are then those of ``mean_i(w_i * loss_i)``, for every separable loss
+type (``aot`` sorts pairs across the batch and is refused by the config), and ``w = 1`` gives
+TRL's loss bit for bit. ``tests/unit/test_train_weighting.py`` pins this against per-pair runs, so
+a TRL upgrade that moves the hook fails loudly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from persodpo.train.data import WEIGHT
+from persodpo.train.zero import zero_config
+
+if TYPE_CHECKING:
+    from trl import DPOConfig
+
+    from persodpo.train.config import TrainConfig
+
+
+def resolve_precision(precision: str, on_gpu: bool) -> str:
+    """fp32, bf16 or fp16 for this hardware ("auto": bf16 on GPUs that support it, else fp32)."""
+    if precision != "auto":
+        if not on_gpu and precision == "fp16":
+            raise ValueError("fp16 needs a GPU")
+        return precision
+    if on_gpu:
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool) -> "DPOConfig":
+    """TRL's DPOConfig for one worker of a ``world_size``-worker run."""
+    import torch
+    from trl import DPOConfig
+
+    precision = resolve_precision(c.precision, on_gpu)
+    ds = None
+    if c.zero_stage:
+        ds = zero_config(c.zero_stage, micro_batch_size=c.per_device_batch_size,
+                         grad_accum=c.gradient_accumulation_steps, world_size=world_size, precision=precision,
+                         offload_optimizer=c.offload_optimizer, offload_params=c.offload_params,
+                         grad_clip=c.max_grad_norm, on_gpu=on_gpu)
+    # fp32 master weights; DeepSpeed (or autocast without it) computes in bf16/fp16.
+    init_kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if c.attn_implementation:
+        init_kwargs["attn_implementation"] = c.attn_implementation
+    return DPOConfig(
+        output_dir=output_dir,
+        # Without use_cpu on a CPU worker, accelerate under DeepSpeed does not pick up the process
+        # group Ray Train built: workers silently train unsynchronised (DESIGN.md section 7).
+        use_cpu=not on_gpu,
+        deepspeed=ds,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        model_init_kwargs=init_kwargs,
+        per_device_train_batch_size=c.per_device_batch_size,
+        gradient_accumulation_steps=c.gradient_accumulation_steps,
+        learning_rate=c.learning_rate,
+        lr_scheduler_type=c.lr_scheduler_type,
+        warmup_steps=c.warmup_ratio,
+        weight_decay=c.weight_decay,
+        max_grad_norm=c.max_grad_norm,
+        optim=c.optim,
+        num_train_epochs=c.num_epochs,
+        max_steps=c.max_steps or -1,
+        seed=c.seed,
+        data_seed=c.shuffle_seed,
+        gradient_checkpointing=c.gradient_checkpointing,
+        beta=c.beta,
+        loss_type=list(c.loss_type),
+        loss_weights=list(c.loss_weights) if c.loss_weights else None,
+        label_smoothing=c.label_smoothing,
+        max_length=c.max_length,
+        dataset_num_proc=c.dataset_num_proc,
+        precompute_ref_log_probs=c.precompute_ref_log_probs,
+        report_to=list(c.report_to) or "none",
+        logging_steps=c.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=c.save_steps,
+        # Ray Train keeps the uploaded checkpoints; locally only the newest is needed.
+        save_total_limit=1,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def lora_config(c: "TrainConfig"):
+    if not c.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout,
+                      target_modules=c.lora.target_modules, task_type="CAUSAL_LM")
+
+
+class _PairWeightedOutputs:
+    """Calls the policy model and sets ``log_sum_sq_probs`` so TRL's WPO factor equals ``weight``."""
+
+    def __init__(self, model, weight):
+        self._model, self._weight = model, weight
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        out = self._model(*args, **kwargs)
+        log_probs = getattr(out, "log_probs", None)
+        if log_probs is None:       # the plain forward TRL makes only for return_outputs logits
+            return out
+        log_w = torch.log(self._weight.to(device=log_probs.device, dtype=log_probs.dtype))
+        # Batch rows are [chosen..., rejected...]; the factor is exp(mean over completion tokens
+        # of (logp - field)), so subtracting log(w) on the chosen rows gives w, and 0 gives 1.
+        shift = torch.cat([log_w, torch.zeros_like(log_w)])[:, None]
+        out.log_sum_sq_probs = log_probs.detach() - shift
+        return out
+
+
+def _collate_with_weights(collator):
+    def collate(examples: list[dict]) -> dict:
+        import torch
+
+        batch = collator(examples)
+        if examples and WEIGHT in examples[0]:
+            batch[WEIGHT] = torch.tensor([float(e[WEIGHT]) for e in examples], dtype=torch.float64)
+        return batch
+    return collate
+
+
+def weighted_trainer_class():
+    """DPOTrainer subclass reading per-pair weights from the dataset column ``pair_weight``."""
+    from trl import DPOTrainer
+
+    class WeightedDPOTrainer(DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            args_ = kwargs.get("args")
+            if args_ is not None and args_.use_weighting:
+                raise ValueError("per-pair weights use TRL's WPO hook: they cannot be combined with use_weighting")
+            super().__init__(*args, **kwargs)
+            self.data_collator = _collate_with_weights(self.data_collator)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if WEIGHT not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, WEIGHT]
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            weight = inputs.pop(WEIGHT, None)
+            if weight is None:
+                return super()._compute_loss(model, inputs, return_outputs)
+            self.use_weighting = True
+            try:
+                return super()._compute_loss(_PairWeightedOutputs(model, weight), inputs, return_outputs)
+            finally:
+                self.use_weighting = False
+
+    return WeightedDPOTrainer

@@ -1,0 +1,169 @@
+"""What every Ray Train worker runs: TRL's DPOTrainer (+ DeepSpeed) on the whole pairs table.
+
+Ray Train builds the torch process group (gloo on CPU, NCCL on GPU) and sets RANK/WORLD_SIZE/
+LOCAL_RANK/MASTER_*; DeepSpeed and accelerate pick those up. The dataset is not split by Ray
+(``DataConfig(datasets_to_split=[])``): each worker receives every pair and the trainer's
+distributed sampler shards the batches, exactly as under ``deepspeed``/``torchrun``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from functools import partial
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "train_summary.json"
+
+
+def _dataset_table(shard):
+    import pyarrow as pa
+
+    tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=None))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def upload_dir(local: str, uri: str, storage=None) -> None:
+    """Copy a local directory tree to a local path or an s3:// URI."""
+    import pyarrow.fs as pafs
+
+    from persodpo import storage as st
+
+    fs, path = st.resolve(uri, storage)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path, recursive=True)
+    pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def merge_lora(model_path: str, adapter_dir: str, out_dir: str) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+
+
+def train_loop(config: dict) -> None:
+    import datasets
+    import ray.train
+    import torch
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    from persodpo.config import PersoDPOConfig
+    from persodpo.errors import ConfigError
+    from persodpo.models import resolve_model
+    from persodpo.storage import join
+    from persodpo.train.callbacks import METRICS_FILE, RayTrainReport, SyncCheck
+    from persodpo.train.card import model_card
+    from persodpo.train.data import training_rows
+    from persodpo.train.dpo import dpo_args, lora_config, weighted_trainer_class
+    from persodpo.train.weighting import margin_weights
+
+    timings = {"start": time.time()}
+    cfg = PersoDPOConfig.model_validate(config["cfg"])
+    c = cfg.train
+    ctx = ray.train.get_context()
+    rank, world, local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    on_gpu = bool(config["use_gpu"]) and torch.cuda.is_available()
+    if c.zero_stage:
+        import deepspeed
+
+        # The shared-memory comm op is compiled at first use (~78 s on 2 cores) and only helps CPU
+        # inference; gloo does the training collectives.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        # ZeRO-3 partitions the model while TRL loads it (zero.Init), which needs DeepSpeed's
+        # communication backend before the trainer exists; it reuses Ray Train's process group.
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+
+    # The same path on every rank: DeepSpeed writes each rank's shard into the same checkpoint dir.
+    local = config["local_dir"]
+    out_dir = os.path.join(local, "trainer")
+    os.makedirs(out_dir, exist_ok=True)
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", os.path.join(local, "tensorboard"))
+
+    model_path = resolve_model(c.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    weights_fn = None
+    if c.margin_weighting != "none":
+        weights_fn = partial(margin_weights, mode=c.margin_weighting, scale=c.margin_scale, lo=c.margin_weight_min,
+                             hi=c.margin_weight_max)
+    rows = training_rows(_dataset_table(ray.train.get_dataset_shard("train")), pair_types=c.pair_types,
+                         weights_fn=weights_fn)
+    train_dataset = datasets.Dataset(datasets.table.InMemoryTable(rows))
+
+    history: list[dict] = []
+    sync_record: list[dict] = []
+    resumed_step = None
+    checkpoint = ray.train.get_checkpoint()
+
+    def after_save(ckpt_dir: str) -> None:
+        # TensorBoard events so far, next to the checkpoints (rank 0 only writes them).
+        tb = os.environ["TENSORBOARD_LOGGING_DIR"]
+        if "tensorboard" in c.report_to and os.path.isdir(tb):
+            upload_dir(tb, join(c.output, "tensorboard"), cfg.storage)
+
+    callbacks = [RayTrainReport(world_rank=rank, local_rank=local_rank, history=history,
+                                report_every=c.ray_report_steps, after_save=after_save)]
+    if c.sync_check and world > 1 and c.zero_stage < 3:
+        callbacks.append(SyncCheck(sync_record))
+    trainer_cls = weighted_trainer_class() if weights_fn else DPOTrainer
+    trainer = trainer_cls(model=model_path, args=dpo_args(c, output_dir=out_dir, world_size=world, on_gpu=on_gpu),
+                          train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(c),
+                          callbacks=callbacks)
+
+    # TRL drops pairs whose prompt alone fills max_length; with none left the sampler fails obscurely.
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise ConfigError(f"every one of the {rows.num_rows} pairs has a prompt of {c.max_length} tokens or more, "
+                          "so nothing is left to train on: raise train.max_length", key="train.max_length")
+    timings["trainer_ready"] = time.time()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            with open(os.path.join(ckpt_dir, "trainer_state.json")) as f:
+                resumed_step = json.load(f)["global_step"]
+            prior = os.path.join(ckpt_dir, METRICS_FILE)
+            if os.path.exists(prior):
+                with open(prior) as f:
+                    history.extend(json.loads(line) for line in f if line.strip())
+            log.info("resuming %s from step %s (%s)", ctx.get_experiment_name(), resumed_step, ckpt_dir)
+            trainer.train(resume_from_checkpoint=ckpt_dir)
+    else:
+        trainer.train()
+
+    timings["train_end"] = time.time()
+    # save_model is collective under ZeRO-3 (it gathers the partitions); every rank calls it.
+    final = os.path.join(local, "final")
+    trainer.save_model(final)
+    timings["saved"] = time.time()
+    summary = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch, "pairs_trained": kept,
+               "pairs_dropped_too_long": rows.num_rows - kept,
+               "resumed_from_step": resumed_step, "world_size": world, "on_gpu": on_gpu,
+               "sync_check": sync_record, "timings": {k: round(v - timings["start"], 3) for k, v in timings.items()},
+               "history": history}
+    if rank == 0:
+        if c.lora.enabled and c.lora.merge:
+            adapter = os.path.join(local, "adapter")
+            os.replace(final, adapter)
+            merge_lora(model_path, adapter, final)
+            tokenizer.save_pretrained(final)
+            os.replace(adapter, os.path.join(final, "adapter"))
+        pairs = config["pairs"]
+        with open(os.path.join(final, "README.md"), "w") as f:
+            f.write(model_card(base_model=c.model, pairs_uri=c.input, recipe=pairs.get("recipe"), pairs=pairs,
+                               train_config=c.model_dump(mode="json"), history=history, summary=summary))
+        with open(os.path.join(final, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in history)
+        # Ray Train's result carries the metrics of the last checkpoint only: the driver reads this.
+        with open(os.path.join(final, SUMMARY_FILE), "w") as f:
+            json.dump(summary, f)
+        upload_dir(final, c.output, cfg.storage)
+        after_save(final)
