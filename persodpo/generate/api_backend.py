@@ -58,7 +58,9 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, api_base: s
     requests = prompts.map_batches(
         api_requests, batch_format="pyarrow", zero_copy_batch=True, **LIGHT,
         fn_kwargs=dict(generator=gen.name, samples=gen.samples, template=template, word_limit=gcfg.word_limit,
-                       seed=gen.sampling.seed, skip_ids=skip_ids, only_prompts=only_prompts))
+                       seed=gen.sampling.seed, skip_ids=skip_ids, only_prompts=only_prompts),
+    # One block per batch, so every actor of the pool gets work and batches overlap.
+    ).repartition(target_num_rows_per_block=ep.batch_size)
     log.info("generator %s: API %s%s, %s actor(s) x %d in flight, rpm=%s tpm=%s", gen.name, ep.model,
              f" at {ep.api_base}" if ep.api_base else "", ep.concurrency, ep.max_in_flight, ep.rpm, ep.tpm)
     answered = call_dataset(requests, ep, messages_column="messages",

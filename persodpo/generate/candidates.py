@@ -8,6 +8,8 @@ output that parsed but not validly, ``error`` holds the parser's reason, as in t
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 
 from persodpo import contracts
@@ -21,6 +23,7 @@ EXTRA = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("cost_usd", pa.float64()),
     ("finish_reason", pa.string()),
+    ("generated_at", pa.float64()),  # epoch seconds when the reply came back (audits, throughput)
 ])
 SCHEMA = pa.schema(list(contracts.CANDIDATES) + list(EXTRA))
 
@@ -28,9 +31,10 @@ _KEYS = ("candidate_id", "prompt_id", "generator", "sample_index", "template")
 
 
 def candidate_rows(keys: dict[str, list], raw: list, error: list, n_tokens: list, prompt_tokens: list,
-                   latency_s: list, cost_usd: list, finish_reason: list) -> pa.Table:
+                   latency_s: list, cost_usd: list, finish_reason: list, generated_at: list | None = None) -> pa.Table:
     """Assemble candidate rows; ``keys`` holds the request key columns (``_KEYS``)."""
     out = {f.name: [] for f in SCHEMA}
+    now = time.time()
     for i, cid in enumerate(keys["candidate_id"]):
         template = keys["template"][i]
         err = error[i] or None
@@ -53,6 +57,7 @@ def candidate_rows(keys: dict[str, list], raw: list, error: list, n_tokens: list
         out["prompt_tokens"].append(_int(prompt_tokens[i]) if err is None else None)
         out["cost_usd"].append(_float(cost_usd[i]))
         out["finish_reason"].append(finish_reason[i] if err is None else None)
+        out["generated_at"].append(_float(generated_at[i]) if generated_at and generated_at[i] is not None else now)
     return pa.table(out, schema=SCHEMA)
 
 
@@ -79,7 +84,7 @@ def from_vllm(batch: pa.Table, max_tokens_column: str = "max_tokens") -> pa.Tabl
     finish = [None if n is None else ("length" if b is not None and n >= b else "stop") for n, b in zip(n_gen, budget)]
     return candidate_rows({k: _col(batch, k) for k in _KEYS}, _col(batch, "generated_text"), errors, n_gen,
                           _col(batch, "num_input_tokens"), _col(batch, "time_taken_llm"),
-                          [None] * batch.num_rows, finish)
+                          [None] * batch.num_rows, finish, _col(batch, "generated_at"))
 
 
 def from_api(batch: pa.Table, prefix: str = "api_") -> pa.Table:

@@ -48,13 +48,14 @@ def server_command(model_path: str, served_name: str, port: int, max_model_len: 
 
 @contextlib.contextmanager
 def local_server(source: str, served_name: str, *, max_model_len: int = 4096, kv_cache_gb: int = 1,
-                 ready_timeout_s: float = 600.0, ray_address: str | None = None):
+                 ready_timeout_s: float = 600.0, check_ray: bool = True):
     """Start the server for ``source`` (a model source, see persodpo.models); yields its api_base."""
     from persodpo.models import resolve_model
 
-    if ray_address or os.environ.get("RAY_ADDRESS"):
-        raise ConfigError("api_base 'local:...' starts a server on 127.0.0.1 and works with a local Ray only; "
-                          "on a cluster, serve the model and give its URL", key="generate.generators[].api.api_base")
+    if check_ray and not ray_is_this_machine():
+        raise ConfigError("api_base 'local:...' starts a server on 127.0.0.1, which only actors on this machine "
+                          "can reach; on a multi-node cluster, serve the model and give its URL",
+                          key="generate.generators[].api.api_base")
     path = resolve_model(source)
     port = _free_port()
     logf = tempfile.NamedTemporaryFile(prefix=f"persodpo-server-{served_name.replace('/', '_')}-", suffix=".log",
@@ -70,6 +71,16 @@ def local_server(source: str, served_name: str, *, max_model_len: int = 4096, kv
     finally:
         _stop(proc)
         logf.close()
+
+
+def ray_is_this_machine() -> bool:
+    """True when every live Ray node is the one this process runs on."""
+    import ray
+
+    if not ray.is_initialized():
+        return True
+    here = ray.util.get_node_ip_address()
+    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive"))
 
 
 def _wait_ready(proc: subprocess.Popen, api_base: str, timeout_s: float, log_path: str) -> None:

@@ -141,8 +141,7 @@ def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prom
             source = opts.api_base[len(local_server.PREFIX):]
             served = (opts.model or gen.model).split("/", 1)[1]
             api_base = stack.enter_context(local_server.local_server(
-                source, served, max_model_len=opts.local_server_max_model_len, kv_cache_gb=opts.local_server_kv_cache_gb,
-                ray_address=cfg.ray.address))
+                source, served, max_model_len=opts.local_server_max_model_len, kv_cache_gb=opts.local_server_kv_cache_gb))
         branches.append(api_backend.generate(prompts, gen, cfg.generate, api_base=api_base, skip_ids=done_ids,
                                               only_prompts=only_prompts))
     return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
@@ -173,6 +172,20 @@ def summarize(out: st.StageOutput) -> dict:
     return {"per_generator": dict(per), "first_error": first_error, "rows": t.num_rows}
 
 
+def check_complete(planned: dict[str, int], summary: dict) -> None:
+    """Commit only a whole table that is worth something: every planned candidate present (error
+    rows count: they are kept), and not every request failed (a wrong key or a dead endpoint
+    must not look like a finished stage)."""
+    per = summary["per_generator"]
+    missing = {n: k - per.get(n, {}).get("rows", 0) for n, k in planned.items() if per.get(n, {}).get("rows", 0) != k}
+    if missing:
+        raise StageError(f"candidates missing after generation (generator: missing rows): {missing}; rerun to resume")
+    errors = sum(d["errors"] for d in per.values())
+    if summary["rows"] and errors == summary["rows"]:
+        raise StageError("every request failed, nothing committed (rerun to try them again); first error per "
+                         "generator: " + json.dumps(summary["first_error"]))
+
+
 def run_stage(cfg: PersoDPOConfig) -> dict:
     g = cfg.generate
     if not g.input:
@@ -182,6 +195,11 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     if not g.generators:
         raise ConfigError("no generators configured", key="generate.generators")
     t0 = time.time()
+    from persodpo.generate.local_server import is_local
+
+    for gen in g.generators:  # a missing key is a clear error before anything starts
+        if gen.backend == "api" and not is_local(gen.api_options.api_base):
+            gen.endpoint().api_key()
     prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts)
 
     from persodpo.raycluster import init_ray, read_output
@@ -215,13 +233,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
 
     s = summarize(out)
     per = s["per_generator"]
-    missing = {n: planned[n] - per.get(n, {}).get("rows", 0) for n in planned if planned[n] != per.get(n, {}).get("rows", 0)}
-    if missing:
-        raise StageError(f"candidates missing after generation (generator: missing rows): {missing}; rerun to resume")
+    check_complete(planned, s)
     total_errors = sum(d["errors"] for d in per.values())
-    if s["rows"] and total_errors == s["rows"]:
-        raise StageError("every request failed, nothing committed; first error per generator: "
-                         + json.dumps(s["first_error"]))
     templates = sorted({g.template_of(gen) for gen in g.generators})
     wall = round(time.time() - t0, 2)
     totals = {

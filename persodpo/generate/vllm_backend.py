@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -136,7 +137,7 @@ _KEEP = ("candidate_id", "prompt_id", "generator", "sample_index", "template", "
 
 
 def _postprocess(row: dict) -> dict:
-    return {k: row.get(k) for k in _KEEP}
+    return {**{k: row.get(k) for k in _KEEP}, "generated_at": time.time()}
 
 
 def _to_candidates(batch: pa.Table) -> pa.Table:
@@ -158,7 +159,9 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, model_path:
         fn_kwargs=dict(generator=gen.name, samples=gen.samples, template=template, word_limit=gcfg.word_limit,
                        seed=gen.sampling.seed, skip_ids=skip_ids, only_prompts=only_prompts,
                        model_path=model_path if own_template else None),
-    )
+    # One block per engine batch: Ray Data then keeps several batches in flight per engine
+    # (max_concurrent_batches) instead of walking one big block batch after batch.
+    ).repartition(target_num_rows_per_block=o.batch_size)
     processor = build_processor(
         processor_config(gen, model_path, device),
         preprocess=functools.partial(_preprocess, params=params),

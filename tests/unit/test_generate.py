@@ -238,3 +238,17 @@ def test_resume_keeps_finished_parts_and_retries_failed_rows(tmp_path):
 def test_config_defaults_run_offline():
     g = GenerateConfig()
     assert g.generators[0].model == "packaged:smollm2-135m-instruct" and g.template == "persobench-json-v1"
+
+
+def test_only_whole_useful_tables_are_committed():
+    from persodpo.errors import StageError
+    from persodpo.generate.stage import check_complete
+
+    ok = {"rows": 3, "first_error": {}, "per_generator": {"a": {"rows": 2, "errors": 1}, "b": {"rows": 1, "errors": 0}}}
+    check_complete({"a": 2, "b": 1}, ok)
+    with pytest.raises(StageError, match="missing.*'b': 1"):
+        check_complete({"a": 2, "b": 2}, ok)
+    dead = {"rows": 2, "first_error": {"a": "AuthenticationError: bad key"},
+            "per_generator": {"a": {"rows": 2, "errors": 2}}}
+    with pytest.raises(StageError, match="every request failed.*AuthenticationError"):
+        check_complete({"a": 2}, dead)
