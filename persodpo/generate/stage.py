@@ -1,0 +1,254 @@
+"""The generate stage: prompts -> candidates, every prompt answered by every configured generator.
+
+One lazy Ray Dataset per generator (vLLM processor or litellm actor pool), unioned, streamed to
+Parquet parts by the driver as rows arrive. Resume: an interrupted run leaves whole parts and an
+``_attempt.json`` with the config hash; a rerun with the same config keeps those parts, drops
+their failed rows (to try them again) and generates only the candidate ids that are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from persodpo import contracts
+from persodpo import storage as st
+from persodpo.config import PersoDPOConfig, section_hash
+from persodpo.errors import ConfigError, InputError, StageError
+from persodpo.generate import candidates
+from persodpo.generate.requests import planned_ids
+from persodpo.manifest import stage_manifest
+
+log = logging.getLogger(__name__)
+
+ATTEMPT = "_attempt.json"
+_PART = re.compile(r"^part-(\d+)\.parquet$")
+# Settings that do not change what a candidate is: a resumed run may differ in these.
+_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "output"}
+_REQUIRED = ("prompt_id", "persona", "history")
+
+
+def attempt_hash(cfg: PersoDPOConfig) -> str:
+    return section_hash(cfg, "generate", exclude=_NOT_HASHED)
+
+
+# -- prompts ---------------------------------------------------------------------------------
+def load_prompt_ids(uri: str, storage, max_prompts: int | None) -> list[str]:
+    """The prompt ids, checked: required columns present, ids unique and non-null."""
+    parts = st.part_uris(uri, storage)
+    fs, _ = st.resolve(uri, storage)
+    ids: list[str] = []
+    for p in parts:
+        path = st.resolve(p, storage)[1]
+        names = pq.read_schema(path, filesystem=fs).names
+        missing = [c for c in _REQUIRED if c not in names]
+        if missing:
+            raise InputError(f"not a prompts table: no column(s) {missing}", file=p, field=missing[0])
+        t = pq.read_table(path, filesystem=fs, columns=list(_REQUIRED))
+        for col in _REQUIRED:
+            nulls = t.column(col).null_count
+            if nulls:
+                i = pc.index(pc.is_null(t.column(col)), True).as_py()
+                rec = t.column("prompt_id")[i].as_py() or f"row {i + 1}"
+                raise InputError("missing value", file=p, record=rec, field=col)
+        ids.extend(t.column("prompt_id").to_pylist())
+        if max_prompts and len(ids) >= max_prompts:
+            break
+    ids = ids[:max_prompts] if max_prompts else ids
+    seen: set[str] = set()
+    for pid in ids:
+        if pid in seen:
+            raise InputError("duplicate prompt_id (ids must be unique)", file=uri, record=pid, field="prompt_id")
+        seen.add(pid)
+    if not ids:
+        raise InputError("the prompts table has no rows", file=uri)
+    return ids
+
+
+# -- output and resume -----------------------------------------------------------------------
+def _path(out: st.StageOutput, rel: str) -> str:
+    return st.resolve(st.join(out.uri, rel), out.storage)[1]
+
+
+def open_output(cfg: PersoDPOConfig) -> tuple[st.StageOutput, dict[str, str], int]:
+    """Begin the output. Returns it, the finished candidates kept from an interrupted run with the
+    same config ({candidate_id: generator}) and the index for the next part name."""
+    g = cfg.generate
+    h = attempt_hash(cfg)
+    resume = False
+    if g.resume and st.exists(st.join(g.output, ATTEMPT), cfg.storage):
+        try:
+            prev = json.loads(st.read_bytes(st.join(g.output, ATTEMPT), cfg.storage))
+            resume = prev.get("config_hash") == h
+        except (json.JSONDecodeError, ValueError):
+            resume = False
+        if not resume:
+            log.info("%s holds a run with another configuration: starting afresh", g.output)
+    out = st.StageOutput(g.output, cfg.storage, resume=resume).begin()
+    st.write_bytes(st.join(g.output, ATTEMPT), json.dumps({"config_hash": h}).encode(), cfg.storage)
+    done: dict[str, str] = {}
+    next_index = 0
+    if not resume:
+        return out, done, next_index
+    for rel in out.list_files():
+        if rel.endswith(".tmp"):  # a part whose write was interrupted: never moved into place
+            out.fs.delete_file(_path(out, rel))
+            continue
+        m = _PART.match(rel)
+        if not m:
+            continue
+        next_index = max(next_index, int(m.group(1)) + 1)
+        t = pq.read_table(_path(out, rel), filesystem=out.fs)
+        failed = pc.equal(t.column("parse_status"), candidates.ERROR)
+        if pc.any(failed).as_py():
+            # Failed requests are tried again: rewrite the part without them (same name, atomic).
+            t = t.filter(pc.invert(failed))
+            if t.num_rows == 0:
+                out.fs.delete_file(_path(out, rel))
+                continue
+            out.write_table(t, name=rel)
+        else:
+            out.parts.append(rel)
+        for cid, gen in zip(t.column("candidate_id").to_pylist(), t.column("generator").to_pylist()):
+            done[cid] = gen
+    log.info("resuming: %d finished candidate(s) in %d part(s) kept", len(done), len(out.parts))
+    return out, done, next_index
+
+
+# -- the stage -------------------------------------------------------------------------------
+def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prompts: frozenset | None,
+              stack: contextlib.ExitStack):
+    from persodpo.generate import api_backend, local_server, vllm_backend
+    from persodpo.models import resolve_model
+
+    branches = []
+    for gen in todo:
+        if gen.backend == "vllm":
+            branches.append(vllm_backend.generate(prompts, gen, cfg.generate, model_path=resolve_model(gen.model),
+                                                  skip_ids=done_ids, only_prompts=only_prompts))
+            continue
+        api_base = None
+        opts = gen.api_options
+        if local_server.is_local(opts.api_base):
+            source = opts.api_base[len(local_server.PREFIX):]
+            served = (opts.model or gen.model).split("/", 1)[1]
+            api_base = stack.enter_context(local_server.local_server(
+                source, served, max_model_len=opts.local_server_max_model_len, kv_cache_gb=opts.local_server_kv_cache_gb))
+        branches.append(api_backend.generate(prompts, gen, cfg.generate, api_base=api_base, skip_ids=done_ids,
+                                              only_prompts=only_prompts))
+    return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+
+
+def summarize(out: st.StageOutput) -> dict:
+    cols = ["generator", "parse_status", "n_tokens", "prompt_tokens", "cost_usd", "error"]
+    tables = [pq.read_table(_path(out, p), filesystem=out.fs, columns=["candidate_id", *cols]) for p in out.parts]
+    t = pa.concat_tables(tables) if tables else candidates.SCHEMA.empty_table().select(["candidate_id", *cols])
+    n_unique = pc.count_distinct(t.column("candidate_id")).as_py()
+    if n_unique != t.num_rows:
+        raise StageError(f"{out.uri}: {t.num_rows - n_unique} duplicate candidate id(s) in the parts; "
+                         "delete the output and rerun")
+    per: dict[str, dict] = defaultdict(lambda: {"rows": 0, "errors": 0, "valid": 0, "fallback": 0, "unusable": 0,
+                                                "completion_tokens": 0, "prompt_tokens": 0, "cost_usd": 0.0})
+    first_error: dict[str, str] = {}
+    for g, s, n, p, c, e in zip(*(t.column(x).to_pylist() for x in cols)):
+        d = per[g]
+        d["rows"] += 1
+        d["errors" if s == candidates.ERROR else s] += 1
+        d["completion_tokens"] += n or 0
+        d["prompt_tokens"] += p or 0
+        d["cost_usd"] += c or 0.0
+        if s == candidates.ERROR:
+            first_error.setdefault(g, e)
+    for d in per.values():
+        d["cost_usd"] = round(d["cost_usd"], 6)
+    return {"per_generator": dict(per), "first_error": first_error, "rows": t.num_rows}
+
+
+def check_complete(planned: dict[str, int], summary: dict) -> None:
+    """Commit only a whole table that is worth something: every planned candidate present (error
+    rows count: they are kept), and not every request failed (a wrong key or a dead endpoint
+    must not look like a finished stage)."""
+    per = summary["per_generator"]
+    missing = {n: k - per.get(n, {}).get("rows", 0) for n, k in planned.items() if per.get(n, {}).get("rows", 0) != k}
+    if missing:
+        raise StageError(f"candidates missing after generation (generator: missing rows): {missing}; rerun to resume")
+    errors = sum(d["errors"] for d in per.values())
+    if summary["rows"] and errors == summary["rows"]:
+        raise StageError("every request failed, nothing committed (rerun to try them again); first error per "
+                         "generator: " + json.dumps(summary["first_error"]))
+
+
+def run_stage(cfg: PersoDPOConfig) -> dict:
+    g = cfg.generate
+    if not g.input:
+        raise ConfigError("no input URI (use --input or generate.input: the prompts table)", key="generate.input")
+    if not g.output:
+        raise ConfigError("no output URI (use --output or generate.output)", key="generate.output")
+    if not g.generators:
+        raise ConfigError("no generators configured", key="generate.generators")
+    t0 = time.time()
+    from persodpo.generate.local_server import is_local
+
+    for gen in g.generators:  # a missing key is a clear error before anything starts
+        if gen.backend == "api" and not is_local(gen.api_options.api_base):
+            gen.endpoint().api_key()
+    prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts)
+
+    from persodpo.raycluster import init_ray, read_output
+
+    init_ray(cfg.ray)
+    out, done, next_index = open_output(cfg)
+    kept = Counter(done.values())
+    todo, planned = [], {}
+    for gen in g.generators:
+        ids = planned_ids(prompt_ids, gen.name, gen.samples)
+        planned[gen.name] = len(ids)
+        if any(i not in done for i in ids):
+            todo.append(gen)
+        else:
+            log.info("generator %s: all %d candidates already written", gen.name, len(ids))
+
+    written = 0
+    if todo:
+        prompts = read_output(g.input, cfg.storage)
+        # max_prompts: the first N in the table's order, chosen here (Ray's limit() may pick any N).
+        only = frozenset(prompt_ids) if g.max_prompts else None
+        with contextlib.ExitStack() as stack:
+            ds = _datasets(cfg, prompts, todo, frozenset(done), only, stack)
+            for batch in ds.iter_batches(batch_size=g.rows_per_part, batch_format="pyarrow", prefetch_batches=0):
+                if batch.num_rows == 0:
+                    continue
+                out.write_table(contracts.conform(batch, candidates.SCHEMA, name="candidates"),
+                                name=f"part-{next_index:05d}.parquet")
+                next_index += 1
+                written += batch.num_rows
+
+    s = summarize(out)
+    per = s["per_generator"]
+    check_complete(planned, s)
+    total_errors = sum(d["errors"] for d in per.values())
+    templates = sorted({g.template_of(gen) for gen in g.generators})
+    wall = round(time.time() - t0, 2)
+    totals = {
+        "rows": s["rows"], "errors": total_errors,
+        "completion_tokens": sum(d["completion_tokens"] for d in per.values()),
+        "prompt_tokens": sum(d["prompt_tokens"] for d in per.values()),
+        "cost_usd": round(sum(d["cost_usd"] for d in per.values()), 6),
+    }
+    out.commit(stage_manifest(cfg, "generate", input=g.input, n_prompts=len(prompt_ids), templates=templates,
+                              generators=per, resumed_rows=sum(kept.values()), new_rows=written,
+                              first_error=s["first_error"] or None, **totals))
+    log.info("generate: %d candidates (%d new, %d kept from an interrupted run), %d errors -> %s",
+             s["rows"], written, sum(kept.values()), total_errors, g.output)
+    return {"stage": "generate", "input": g.input, "output": g.output, "n_prompts": len(prompt_ids),
+            "templates": templates, "rows_per_generator": {n: d["rows"] for n, d in per.items()},
+            "errors_per_generator": {n: d["errors"] for n, d in per.items()}, **totals,
+            "new_rows": written, "resumed_rows": sum(kept.values()), "per_generator": per, "wall_time_s": wall}
