@@ -150,6 +150,7 @@ class Judgment:
     reason: str | None = None
     tokens: int = 0
     cost: float = 0.0
+    entry: dict | None = None     # a new cache entry (an answer this run paid for)
 
 
 def request_params(judge, scale: tuple[int, int]) -> dict:
@@ -160,11 +161,9 @@ def request_params(judge, scale: tuple[int, int]) -> dict:
 class JudgeActor:
     """Ray Data UDF: one judge over all dimensions (async: many requests in flight per actor)."""
 
-    def __init__(self, judge: dict, panel: dict, cache_uri: str | None = None, storage: dict | None = None,
-                 ledger: Any = None):
-        from persodpo.config import StorageSection
+    def __init__(self, judge: dict, panel: dict, memo: list | None = None, ledger: Any = None):
         from persodpo.llm_api import LiteLLMClient
-        from persodpo.score.cache import JudgeCache, judge_namespace
+        from persodpo.score.cache import judge_namespace
         from persodpo.score.config import JudgeSpec, PanelConfig
 
         self.judge = JudgeSpec.model_validate(judge)
@@ -174,9 +173,13 @@ class JudgeActor:
         self.params = request_params(self.judge, self.scale)
         self.rubrics = {d: load_rubric(self.panel.rubrics[d]) for d in self.panel.dimensions}
         self.namespace = judge_namespace(self.judge.name, self.judge.model, self.params)
-        st_cfg = StorageSection.model_validate(storage) if storage else None
-        self.cache = JudgeCache(cache_uri, st_cfg) if cache_uri else None
-        self.memo: dict[str, dict] = self.cache.load(self.namespace) if self.cache else {}
+        # The cache is read and written by the driver only (it holds the storage credentials):
+        # actors get the known judgments through the object store and return new ones per row.
+        self.memo: dict[str, dict] = {}
+        if memo:
+            import ray
+
+            self.memo = dict(ray.get(memo[0]))
         self.ledger = ledger
         self.sem: asyncio.Semaphore | None = None
 
@@ -193,7 +196,7 @@ class JudgeActor:
         p, c = litellm.cost_per_token(model=self.judge.model, prompt_tokens=n_in, completion_tokens=n_out)
         return float(p) + float(c)
 
-    async def _ask(self, messages: list[dict], key: str, new: list[dict]) -> Judgment:
+    async def _ask(self, messages: list[dict], key: str) -> Judgment:
         if key in self.memo:
             e = self.memo[key]
             reason = None if e["score"] is not None else f"cached: {e['error']}"
@@ -219,8 +222,7 @@ class JudgeActor:
         entry = {"key": key, "score": score, "error": reason, "status": status, "prompt_tokens": res.prompt_tokens,
                  "completion_tokens": res.completion_tokens, "cost_usd": res.cost_usd, "created_at": time.time()}
         self.memo[key] = entry
-        new.append(entry)
-        return Judgment(score, status, reason, tokens, float(res.cost_usd or 0.0))
+        return Judgment(score, status, reason, tokens, float(res.cost_usd or 0.0), entry)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from persodpo.score.cache import judgment_key
@@ -229,7 +231,6 @@ class JudgeActor:
         n = len(cols)
         dims = self.panel.dimensions
         skip_gen = self.judge.generator if self.panel.skip_own_generator else None
-        new: list[dict] = []
         jobs = []
         for r in range(n):
             text, gen = cols["text"][r], cols["generator"][r]
@@ -245,11 +246,16 @@ class JudgeActor:
                 msgs = judge_messages(template, persona=cols["persona"][r], history=cols["history"][r], reply=text,
                                       context_turns=self.panel.context_turns, scale=self.scale)
                 key = judgment_key(self.namespace, d, rubric_hash, cols["candidate_id"][r], msgs)
-                jobs.append(self._ask(msgs, key, new))
+                jobs.append(self._ask(msgs, key))
         results: list[Judgment] = await asyncio.gather(*jobs)
-        if new and self.cache is not None:
-            await asyncio.to_thread(self.cache.append, self.namespace, new)
         name = self.judge.name
+        # New cache entries travel back with their row, for the driver to store.
+        per_row: list[list[dict]] = [[] for _ in range(n)]
+        for k, x in enumerate(results):
+            if x.entry is not None:
+                per_row[k // len(dims)].append(x.entry)
+        batch = _append(batch, f"_jnew_{name}", pa.array([json.dumps(e) if e else None for e in per_row],
+                                                         type=pa.string()))
         tok = [0] * n
         cost = [0.0] * n
         for k, d in enumerate(dims):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -134,7 +135,12 @@ def _check_inputs(cfg: PersoDPOConfig, metrics: list, judges: list) -> tuple[pa.
     return prompts, n
 
 
-def _check_budget(judges: list, panel) -> None:
+def _check_judges(judges: list, panel) -> None:
+    for k, j in enumerate(judges):
+        try:
+            j.api_key()  # a missing key variable fails here, before any work starts
+        except ConfigError as exc:
+            raise ConfigError(str(exc.args[0]).split(": ", 1)[-1], key=f"score.judges.{k}.api_key_env") from None
     if panel.budget_usd is None:
         return
     import litellm
@@ -190,7 +196,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         raise ConfigError(str(exc), key="score.metrics") from None
     if len(set(all_cols)) != len(all_cols):
         raise ConfigError("two metrics or judges write the same column", key="score.metrics")
-    _check_budget(judges, c.panel)
+    _check_judges(judges, c.panel)
     prompts, n_candidates = _check_inputs(cfg, metrics, judges)
     cache_uri = _cache_uri(c) if judges else None
 
@@ -200,20 +206,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         judges = [j.model_copy(update={"api_base": urls.get(j.api_base, j.api_base)}) for j in judges]
         out, totals = _run(cfg, metrics, judges, dims, schema, prompts, n_candidates, cache_uri)
 
-    cache_entries = {}
-    if cache_uri:
-        from persodpo.score.cache import JudgeCache, judge_namespace
-        from persodpo.score.judges import request_params
-
-        cache = JudgeCache(cache_uri, cfg.storage)
-        for j in judges:
-            ns = judge_namespace(j.name, j.model, request_params(j, tuple(c.panel.scale)))
-            cache_entries[j.name] = cache.compact(ns)
-
     wall = round(time.time() - t0, 3)
     judges_summary = totals["judges"]
-    for name, n_entries in cache_entries.items():
-        judges_summary[name]["cache_entries"] = n_entries
     cost = round(sum(j["cost_usd"] for j in judges_summary.values()), 8)
     tokens = sum(j["tokens"] for j in judges_summary.values())
     manifest = stage_manifest(
@@ -264,33 +258,66 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
         from persodpo.score.budget import ledger_actor
 
         ledger = ledger_actor(c.panel.budget_usd)
+    caches: dict[str, tuple] = {}
     if judges:
-        from persodpo.score.judges import JudgeActor
+        from persodpo.score.cache import JudgeCache, judge_namespace
+        from persodpo.score.judges import JudgeActor, request_params
 
+        cache = JudgeCache(cache_uri, cfg.storage) if cache_uri else None
         for j in judges:
+            memo = None
+            if cache is not None:
+                ns = judge_namespace(j.name, j.model, request_params(j, tuple(c.panel.scale)))
+                known = {k: {"score": e["score"], "error": e["error"]} for k, e in cache.load(ns).items()}
+                caches[j.name] = (cache, ns, [])
+                totals["judges"][j.name]["cache_entries_before"] = len(known)
+                memo = [ray.put(known)]
+            # The key reaches the judge's actors as an environment variable of their runtime env
+            # (as `ray job submit --runtime-env` would), never through config, manifest or logs.
+            env = {j.api_key_env: os.environ[j.api_key_env]} if j.api_key_env else {}
             ds = ds.map_batches(
                 JudgeActor,
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
-                                       "cache_uri": cache_uri, "storage": cfg.storage.model_dump(mode="json"),
-                                       "ledger": ledger},
+                                       "memo": memo, "ledger": ledger},
                 compute=actor_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
-                batch_format="pyarrow")
+                batch_format="pyarrow", **({"runtime_env": {"env_vars": env}} if env else {}))
     groups = [(m.name, m.writes()) for m in metrics]
     groups += [(f"judge_{j}_{d}", [f"judge_{j}_{d}"]) for j in judge_names for d in dims]
     private = tuple([f"_jstat_{j}_{d}" for j in judge_names for d in dims] +
-                    [f"_jtok_{j}" for j in judge_names] + [f"_jcost_{j}" for j in judge_names])
+                    [f"_j{k}_{j}" for k in ("tok", "cost", "new") for j in judge_names])
     ds = ds.map_batches(_finalize, fn_kwargs={"groups": groups, "schema": schema, "judges": judge_names,
                                               "dims": dims, "scale": tuple(c.panel.scale), "keep": private},
                         batch_format="pyarrow", batch_size=None)
     seen = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=c.rows_per_part):
-        _count(batch, schema, judges, dims, totals)
-        table = batch.select(schema.names)
-        out.write_table(contracts.conform(table, schema, name="scores"))
-        seen += table.num_rows
-    if ledger is not None:
-        totals["budget"] = ray.get(ledger.state.remote())
-        ray.kill(ledger)
+    buffered: list[pa.Table] = []
+
+    def flush_part() -> None:
+        if buffered:
+            table = pa.concat_tables(buffered)
+            out.write_table(contracts.conform(table, schema, name="scores"))
+            buffered.clear()
+
+    try:
+        for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            _count(block, schema, judges, dims, totals)
+            for name, (_, _, pending) in caches.items():
+                pending.extend(e for v in block.column(f"_jnew_{name}").to_pylist() if v for e in json.loads(v))
+                if len(pending) >= 1000:
+                    _store(caches, name)
+            buffered.append(block.select(schema.names))
+            seen += block.num_rows
+            if sum(t.num_rows for t in buffered) >= c.rows_per_part:
+                flush_part()
+        flush_part()
+    finally:
+        # Judgments already paid for are kept even when the stage fails, so a rerun skips them.
+        for name in caches:
+            _store(caches, name)
+        if ledger is not None:
+            totals["budget"] = ray.get(ledger.state.remote())
+            ray.kill(ledger)
+    for name, (cache, ns, _) in caches.items():
+        totals["judges"][name]["cache_entries"] = cache.compact(ns)
     if seen != n_candidates:
         raise StageError(f"scored {seen} rows but the input has {n_candidates} candidates: rows were lost "
                          "(nothing was committed)")
@@ -300,6 +327,13 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     for j in totals["judges"].values():
         j["cost_usd"] = round(j["cost_usd"], 8)
     return out, totals
+
+
+def _store(caches: dict, name: str) -> None:
+    cache, ns, pending = caches[name]
+    if pending:
+        cache.append(ns, pending)
+        pending.clear()
 
 
 def _statuses() -> tuple[str, ...]:
