@@ -45,11 +45,17 @@ class PromptIndex:
         return batch
 
 
+def _arrow(values, type_: pa.DataType):
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type=type_)
+
+
 def add_result(batch: pa.Table, metric_key: str, result: Result) -> pa.Table:
     for name, values in result.columns.items():
-        batch = _set(batch, name, pa.array(values, type=pa.float64()))
-    errs = result.errors or [None] * batch.num_rows
-    return _set(batch, error_column(metric_key), pa.array(errs, type=pa.string()))
+        batch = _set(batch, name, _arrow(values, pa.float64()))
+    errs = result.errors if result.errors is not None and len(result.errors) else [None] * batch.num_rows
+    return _set(batch, error_column(metric_key), _arrow(errs, pa.string()))
 
 
 def _set(batch: pa.Table, name: str, arr: pa.Array) -> pa.Table:
@@ -112,6 +118,13 @@ def aggregate_panel(cols: Cols, judges: list[str], dims: list[str], scale: tuple
     return out
 
 
+def _null_rows(col) -> list[int]:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    return np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False)).tolist()
+
+
 # -- the final step ----------------------------------------------------------------------------
 def finalize(batch: pa.Table, *, groups: list[tuple[str, list[str]]], schema: pa.Schema,
              judges: list[str] | None = None, dims: list[str] | None = None,
@@ -122,22 +135,25 @@ def finalize(batch: pa.Table, *, groups: list[tuple[str, list[str]]], schema: pa
     judges, dims = judges or [], dims or []
     cols = Cols(batch)
     n = batch.num_rows
-    reasons: list[dict[str, str]] = [{} for _ in range(n)]
+    reasons: dict[int, dict[str, str]] = {}
     values: dict[str, Any] = {}
     for key, names in groups:
-        errs = cols.get(error_column(key))
+        errs = None
         for name in names:
-            vals = cols[name]
-            for r in range(n):
-                if vals[r] is None:
-                    reasons[r][name] = errs[r] or "not computed"
-            values[name] = batch.column(name)
+            col = batch.column(name)
+            values[name] = col
+            if col.null_count:
+                # Only rows with nulls need a reason: most rows have none, so no per-row Python loop.
+                if errs is None:
+                    errs = cols.get(error_column(key))
+                for r in _null_rows(col):
+                    reasons.setdefault(r, {})[name] = errs[r] or "not computed"
     if judges:
         for name, (vals, errs) in aggregate_panel(cols, judges, dims, scale).items():
             values[name] = pa.array(vals, type=pa.float64())
             for r in range(n):
                 if vals[r] is None:
-                    reasons[r][name] = errs[r] or "not computed"
+                    reasons.setdefault(r, {})[name] = errs[r] or "not computed"
         tok = [0] * n
         cost = [0.0] * n
         for j in judges:
@@ -152,7 +168,8 @@ def finalize(batch: pa.Table, *, groups: list[tuple[str, list[str]]], schema: pa
     arrays = []
     for f in schema:
         if f.name == "score_errors":
-            arrays.append(pa.array([json.dumps(d, sort_keys=True) if d else None for d in reasons], type=pa.string()))
+            arrays.append(pa.array([json.dumps(reasons[r], sort_keys=True) if r in reasons else None for r in range(n)],
+                                   type=pa.string()))
         elif f.name == "judge_tokens":
             arrays.append(judge_tokens)
         elif f.name == "judge_cost_usd":

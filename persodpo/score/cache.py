@@ -74,8 +74,8 @@ class JudgeCache:
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
     def load(self, namespace: str) -> dict[str, dict]:
-        """{key: entry} for a judge (later entries win)."""
-        out: dict[str, dict] = {}
+        """{key: entry} for a judge (the latest entry of a key wins)."""
+        rows: list[dict] = []
         for path in self._files(namespace):
             try:
                 table = pq.read_table(path, filesystem=self.fs)
@@ -83,9 +83,9 @@ class JudgeCache:
                 # A foreign or damaged file must not stop scoring: those judgments are asked again.
                 log.warning("judge cache: skipping unreadable %s (%s)", path, exc)
                 continue
-            for row in table.to_pylist():
-                out[row["key"]] = row
-        return out
+            rows += table.to_pylist()
+        rows.sort(key=lambda r: r.get("created_at") or 0.0)
+        return {r["key"]: r for r in rows}
 
     def append(self, namespace: str, entries: list[dict]) -> str | None:
         if not entries:

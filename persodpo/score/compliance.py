@@ -21,7 +21,6 @@ from functools import lru_cache
 
 from persodpo.parsing import VALID, parse_response
 from persodpo.score.metric import Cols, DeterministicMetric, Result
-from persodpo.score.text import word_count
 
 FORMAT_PARTS = ("format_parse_ok", "format_single", "format_no_role_prefix", "format_not_truncated")
 # Speaker labels models prepend or continue with (the authors' context used User1/User2).
@@ -53,9 +52,26 @@ def _strip_fence(s: str) -> str:
 
 
 def check_json(raw: str, *, allow_fence: bool = True) -> tuple[float, float, float, float]:
+    stripped = raw.strip()
+    if stripped[:1] == "{" and stripped[-1:] == "}" and stripped.count("{") == 1 and stripped.count("}") == 1:
+        # The common case, one brace pair and nothing else: the shared parser's first block is the
+        # whole output, so one json.loads decides every part (same result as check_json_general).
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and "response" in obj:
+            value = obj["response"]
+            text = (value if isinstance(value, str) else json.dumps(value)).strip()
+            no_prefix = not ROLE_PREFIX.match(stripped) and not (text and ROLE_PREFIX.match(text))
+            return 1.0, float(isinstance(value, str)), float(no_prefix), 1.0
+    return check_json_general(raw, allow_fence=allow_fence)
+
+
+def check_json_general(raw: str, *, allow_fence: bool = True) -> tuple[float, float, float, float]:
     parsed = parse_response(raw, "json")
     stripped = raw.strip()
-    body = _strip_fence(stripped) if allow_fence else stripped
+    body = _strip_fence(stripped) if allow_fence and stripped.startswith("```") else stripped
     single = 0.0
     if body.startswith("{") and body.endswith("}"):
         try:
@@ -117,15 +133,9 @@ class LengthCompliance(DeterministicMetric):
 
     def compute(self, cols: Cols) -> Result:
         lo, hi = self.cfg.min_words, self.cfg.word_limit
-        ok, n_words, errors = [], [], []
-        for text, status in zip(cols["text"], cols.get("parse_status")):
-            if text is None:
-                ok.append(None)
-                n_words.append(None)
-                errors.append(f"no usable text (parse_status={status})")
-                continue
-            n = word_count(text)
-            ok.append(1.0 if lo <= n <= hi else 0.0)
-            n_words.append(float(n))
-            errors.append(None)
-        return Result({"length_ok": ok, "length_words": n_words}, errors)
+        # str.split() is the definition of a word here and the fastest way to count them.
+        n = [float(len(t.split())) if t is not None else None for t in cols["text"]]
+        ok = [None if k is None else 1.0 if lo <= k <= hi else 0.0 for k in n]
+        errors = [None if k is not None else f"no usable text (parse_status={s or 'unknown'})"
+                  for k, s in zip(n, cols.get("parse_status"))]
+        return Result({"length_ok": ok, "length_words": n}, errors)

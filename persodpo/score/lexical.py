@@ -13,16 +13,30 @@ bigrams) and ROUGE-L F1 (rouge-score) against the gold reply, all on a 0..1 scal
 from __future__ import annotations
 
 from persodpo.score.metric import Cols, DeterministicMetric, Result
-from persodpo.score.text import content_words, persona_content
+from persodpo.score.text import padded, persona_content
 
 
 def coverage(persona: list[str] | tuple[str, ...], reply: str, min_overlap: float = 0.5) -> float | None:
-    sentences = [c for c in persona_content(tuple(persona)) if c]
-    if not sentences:
-        return None
-    reply_words = content_words(reply)
-    used = sum(1 for c in sentences if len(c & reply_words) >= min_overlap * len(c))
-    return used / len(sentences)
+    return _coverage(persona_content(tuple(persona)), reply, min_overlap)
+
+
+def _coverage(content, reply: str, min_overlap: float) -> float | None:
+    # Plain loops: this runs per candidate and generator expressions cost more than the matching.
+    n = used = 0
+    r = padded(reply)
+    for words in content:
+        if not words:
+            continue
+        n += 1
+        hits = 0
+        for forms in words:
+            for f in forms:
+                if f in r:
+                    hits += 1
+                    break
+        if hits >= min_overlap * len(words):
+            used += 1
+    return used / n if n else None
 
 
 class PersonaCoverage(DeterministicMetric):
@@ -35,13 +49,23 @@ class PersonaCoverage(DeterministicMetric):
 
     def compute(self, cols: Cols) -> Result:
         min_overlap = float(self.param("min_overlap", 0.5))
+        persona_col = cols.table.column("persona")
+        pids = cols.get("prompt_id")
+        by_prompt: dict = {}
         vals, errors = [], []
-        for text, persona in zip(cols["text"], cols["persona"]):
+        for i, text in enumerate(cols["text"]):
             if text is None:
                 vals.append(None)
                 errors.append("no usable text")
                 continue
-            v = coverage(persona or (), text, min_overlap)
+            # The persona is the prompt's: converted once per prompt, not per candidate.
+            pid = pids[i]
+            content = by_prompt.get(pid) if pid is not None else None
+            if content is None:
+                content = persona_content(tuple(persona_col[i].as_py() or ()))
+                if pid is not None:
+                    by_prompt[pid] = content
+            v = _coverage(content, text, min_overlap)
             vals.append(v)
             errors.append(None if v is not None else "persona has no content words")
         return Result({"persona_coverage": vals}, errors)

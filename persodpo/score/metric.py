@@ -46,10 +46,11 @@ class Cols:
 
 @dataclass
 class Result:
-    """Values per written column (float or None) and, per row, why they are None (or None)."""
+    """Values per written column (float or None) and, per row, why they are None (or None).
+    Columns and errors are Python lists or Arrow arrays (for vectorised metrics)."""
 
-    columns: dict[str, list]
-    errors: list[str | None] = field(default_factory=list)
+    columns: dict[str, Any]
+    errors: Any = field(default_factory=list)
 
     @classmethod
     def empty(cls, names: list[str], n: int) -> "Result":

@@ -309,6 +309,8 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
             if sum(t.num_rows for t in buffered) >= c.rows_per_part:
                 flush_part()
         flush_part()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("score: Ray Data stats\n%s", ds.stats())
     finally:
         # Judgments already paid for are kept even when the stage fails, so a rerun skips them.
         for name in caches:

@@ -35,18 +35,40 @@ def _stem(w: str) -> str:
     return w
 
 
+# Bytes that are not [a-z0-9] become spaces: a reply becomes " tok tok ... " in one C call, and
+# "is this word in the reply" is a substring test for " word " (same tokens as _WORD.findall).
+_SEP = bytes(b if (48 <= b <= 57 or 97 <= b <= 122) else 32 for b in range(256))
+
+
+def padded(text: str) -> bytes:
+    return b" " + text.lower().encode("utf-8").translate(_SEP) + b" "
+
+
+def tokens(text: str) -> set[str]:
+    """Lower-cased alphanumeric tokens ("England's" -> "england", "s")."""
+    return set(_WORD.findall(text.lower()))
+
+
 def words(text: str) -> list[str]:
-    return [_stem(w) for w in _WORD.findall(text.lower().replace("'s", ""))]
+    return [_stem(w) for w in _WORD.findall(text.lower())]
 
 
 def content_words(text: str) -> frozenset[str]:
     return frozenset(w for w in words(text) if len(w) >= 3 and w not in STOPWORDS)
 
 
+def surface_forms(stem: str) -> tuple[bytes, ...]:
+    """The tokens that fold to ``stem`` (itself, and its plural when _stem would strip it), as
+    space-padded bytes, so a reply is matched without stemming every word of it."""
+    forms = (stem, stem + "s") if _stem(stem + "s") == stem else (stem,)
+    return tuple(b" " + f.encode("utf-8") + b" " for f in forms)
+
+
 @lru_cache(maxsize=8192)
-def persona_content(persona: tuple[str, ...]) -> tuple[frozenset[str], ...]:
-    # Every candidate of a prompt shares its persona: computed once per prompt, not per candidate.
-    return tuple(content_words(p) for p in persona)
+def persona_content(persona: tuple[str, ...]) -> tuple[tuple[tuple[bytes, ...], ...], ...]:
+    """Per persona sentence, its content words as surface forms. Every candidate of a prompt
+    shares the persona: computed once per prompt, not per candidate."""
+    return tuple(tuple(surface_forms(w) for w in sorted(content_words(p))) for p in persona)
 
 
 def render_history(history: list[dict] | None, turns: int | None = None, *, user: str = "User",

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from persodpo.score.compliance import check_json, check_plain, template_format
+from persodpo.score.compliance import check_json, check_json_general, check_plain, template_format
 from persodpo.score.config import ScoreConfig
 from persodpo.score.metric import Cols
 from persodpo.score.registry import build_metrics
@@ -29,9 +29,16 @@ JSON_CASES = [
 ]
 
 
-@pytest.mark.parametrize("raw,expected", JSON_CASES)
+@pytest.mark.parametrize("raw,expected", JSON_CASES + [
+    ('{"response": 42}', (1, 0, 1, 1)),
+    ('{"response": "Assistant: hi"}', (1, 1, 0, 1)),
+    ('{"response": "ok", "extra": 1}', (1, 1, 1, 1)),
+    ('{"response": "a } b"}', (0, 1, 1, 1)),   # the authors' block rule stops at the first "}"
+    ('{"reply": "x"}', (0, 0, 1, 1)),
+])
 def test_json_format_parts(raw, expected):
     assert check_json(raw) == tuple(float(x) for x in expected)
+    assert check_json_general(raw) == check_json(raw)   # the fast path changes nothing
 
 
 def test_a_code_fence_can_be_refused():
@@ -79,4 +86,4 @@ def test_length_window_is_inclusive_and_not_shorter_is_better():
     r = _run(rows, metrics=["length"], word_limit=10, min_words=3)["length"]
     assert r.columns["length_words"] == [2.0, 3.0, 10.0, 11.0, None]
     assert r.columns["length_ok"] == [0.0, 1.0, 1.0, 0.0, None]
-    assert r.errors[4] == "no usable text (parse_status=unusable)"
+    assert r.errors == [None] * 4 + ["no usable text (parse_status=unusable)"]
