@@ -197,11 +197,14 @@ def serve_transformers(source: str, port: int, served_name: str, max_batch: int 
 class LocalServer:
     """Starts the server in a child process and waits until it answers; ``stop()`` ends it."""
 
-    def __init__(self, source: str, backend: str = "transformers", *, served_name: str = "local",
+    def __init__(self, source: str, backend: str = "transformers", *, served_name: str | list[str] = "local",
                  port: int | None = None, startup_timeout_s: float = 300.0, max_batch: int = 8):
         if backend not in ("transformers", "vllm"):
             raise ValueError(f"unknown local server backend {backend!r} (transformers or vllm)")
-        self.source, self.backend, self.served_name = source, backend, served_name
+        self.source, self.backend = source, backend
+        # vLLM answers only to the names it serves: the model names clients send (litellm sends
+        # "x" for "openai/x").
+        self.served_names = [served_name] if isinstance(served_name, str) else list(served_name) or ["local"]
         self.port = port or free_port()
         self.timeout, self.max_batch = startup_timeout_s, max_batch
         self.proc: subprocess.Popen | None = None
@@ -215,11 +218,11 @@ class LocalServer:
             from persodpo.models import resolve_model
 
             return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(self.source),
-                    "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
+                    "--served-model-name", *self.served_names, "--host", "127.0.0.1", "--port", str(self.port),
                     "--distributed-executor-backend", "uni", "--enforce-eager", "--max-model-len", "4096",
                     "--disable-log-stats"]
         return [sys.executable, "-m", "persodpo.local_server", "--model", self.source, "--port", str(self.port),
-                "--served-name", self.served_name, "--max-batch", str(self.max_batch)]
+                "--served-name", self.served_names[0], "--max-batch", str(self.max_batch)]
 
     def start(self) -> "LocalServer":
         env = dict(os.environ)
@@ -277,16 +280,26 @@ def _drain(stream) -> None:
             pass
 
 
+def served_name(model: str) -> str:
+    """The model name a litellm client sends for ``model`` (``openai/x`` -> ``x``)."""
+    return model.split("/", 1)[1] if model.startswith("openai/") else model
+
+
 @contextlib.contextmanager
-def local_servers(api_bases: list[str | None]) -> Iterator[dict[str, str]]:
-    """Start one server per distinct ``local:``/``local+vllm:`` api_base; yields {api_base: url}."""
+def local_servers(endpoints: list[tuple[str | None, str]]) -> Iterator[dict[str, str]]:
+    """Start one server per distinct ``local:``/``local+vllm:`` api_base among ``(api_base, model)``
+    pairs (serving every model name used with it); yields {api_base: url}."""
+    names: dict[str, list[str]] = {}
+    for base, model in endpoints:
+        if parse_local(base):
+            names.setdefault(base, [])
+            if served_name(model) not in names[base]:
+                names[base].append(served_name(model))
     servers: dict[str, LocalServer] = {}
     try:
-        for base in api_bases:
-            spec = parse_local(base)
-            if spec and base not in servers:
-                backend, source = spec
-                servers[base] = LocalServer(source, backend).start()
+        for base, served in names.items():
+            backend, source = parse_local(base)
+            servers[base] = LocalServer(source, backend, served_name=served).start()
         yield {b: s.api_base for b, s in servers.items()}
     finally:
         for s in servers.values():

@@ -202,7 +202,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
 
     from persodpo.local_server import local_servers
 
-    with local_servers([j.api_base for j in judges]) as urls:
+    with local_servers([(j.api_base, j.model) for j in judges]) as urls:
         judges = [j.model_copy(update={"api_base": urls.get(j.api_base, j.api_base)}) for j in judges]
         out, totals = _run(cfg, metrics, judges, dims, schema, prompts, n_candidates, cache_uri)
 
