@@ -4,12 +4,14 @@ Keyed by a hash of (judge model and request parameters, rubric text, dimension, 
 the exact judge messages), so a rerun, or another run over the same candidates, sends no request
 for a judgment it already has, and a changed rubric, reply or persona is judged again.
 
-Layout: ``<cache>/<judge namespace>/<uuid>.parquet``. Each judge actor loads its namespace once,
-then writes what it learned as a new part per batch (whole files only: written to a temporary
-name and moved locally, single PUTs on S3), so concurrent actors and runs never clobber each
-other. The stage compacts a namespace into one part at the end. Only answers are cached (valid
-scores and malformed judgments, which are as final at temperature 0); failed requests and budget
-refusals are not, so a rerun retries them.
+Layout: ``<cache>/<judge namespace>/<uuid>.parquet``. Only the driver touches it (it holds the
+storage credentials): it loads a judge's namespace and hands it to the judge actors through the
+object store, and stores the new answers the actors return with their rows, as new parts every
+thousand answers and when the stage ends or fails (whole files only: a temporary name then a
+move locally, single PUTs on S3, so concurrent runs never clobber each other). The stage then
+compacts a namespace into one part. Only answers are cached (valid scores and malformed
+judgments, which are as final at temperature 0); failed requests and budget refusals are not,
+so a rerun retries them.
 """
 
 from __future__ import annotations
