@@ -117,6 +117,8 @@ class ScoreConfig(Section):
     judges: list[JudgeSpec] = Field(default_factory=list)
     panel: PanelConfig = Field(default_factory=PanelConfig)
     block_rows: int = Field(1000, ge=1, description="rows per Ray Data block (parallelism of the CPU metrics)")
+    actor_block_rows: int = Field(64, ge=1, description="rows per block sent to model and judge actor pools "
+                                                        "(a block goes to one actor: small blocks spread the work)")
     rows_per_part: int = Field(100_000, ge=1, description="rows per output Parquet part")
 
     @field_validator("metrics")

@@ -40,6 +40,9 @@ class Embedder:
     def _encode(self, texts: list[str]) -> np.ndarray:
         torch = self.torch
         out = []
+        # Batches of similar lengths pad less (a long reply no longer pads a whole batch).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        texts = [texts[i] for i in order]
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start:start + self.batch_size]
             enc = self.tok(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
@@ -49,7 +52,12 @@ class Embedder:
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(mean, p=2, dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+        if not out:
+            return np.zeros((0, 1), dtype=np.float32)
+        emb = np.concatenate(out)
+        result = np.empty_like(emb)
+        result[order] = emb
+        return result
 
     def encode(self, texts: list[str], *, cache: bool = False) -> np.ndarray:
         """Unit-length embeddings, one row per text (cached by text when ``cache``)."""

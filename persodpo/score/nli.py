@@ -73,14 +73,17 @@ class NliModel:
     def probs(self, premises: list[str], hypotheses: list[str]) -> np.ndarray:
         out = np.zeros((len(premises), 3), dtype=np.float64)
         torch = self.torch
-        for start in range(0, len(premises), self.batch_size):
-            p = premises[start:start + self.batch_size]
-            h = hypotheses[start:start + self.batch_size]
+        # Batches of similar lengths pad less.
+        order = sorted(range(len(premises)), key=lambda i: len(premises[i]) + len(hypotheses[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            p = [premises[i] for i in idx]
+            h = [hypotheses[i] for i in idx]
             enc = self.tok(p, h, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             with torch.inference_mode():
                 logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
             pr = torch.softmax(logits, dim=-1).cpu().numpy()
-            out[start:start + len(p)] = pr[:, self.order]
+            out[idx] = pr[:, self.order]
         return out
 
 

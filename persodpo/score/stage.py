@@ -36,6 +36,7 @@ from persodpo.score.registry import REGISTRY, build_metrics, columns_of
 log = logging.getLogger(__name__)
 
 CANDIDATE_COLUMNS = ("candidate_id", "prompt_id", "generator")
+JUDGE_BLOCKS_PER_ACTOR = 2
 OPTIONAL_COLUMNS = ("template", "parse_status")  # read when present (format per template, reasons)
 
 
@@ -246,6 +247,8 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     ds = ds.repartition(target_num_rows_per_block=c.block_rows)
     ds = ds.map_batches(_prepare, fn_kwargs={"prompts": [ray.put(prompts)], "score_cfg": cfg_json, "source": c.input},
                         batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+    if judges or _model_groups(metrics):
+        ds = ds.repartition(target_num_rows_per_block=c.actor_block_rows)
     for (family, model, num_cpus, num_gpus, conc, batch_size), group in _model_groups(metrics):
         ds = ds.map_batches(
             ModelMetricsActor,
@@ -279,8 +282,9 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
                 JudgeActor,
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
                                        "memo": memo, "ledger": ledger},
-                compute=actor_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
-                batch_format="pyarrow", **({"runtime_env": {"env_vars": env}} if env else {}))
+                compute=_judge_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
+                max_concurrency=JUDGE_BLOCKS_PER_ACTOR, batch_format="pyarrow",
+                **({"runtime_env": {"env_vars": env}} if env else {}))
     groups = [(m.name, m.writes()) for m in metrics]
     groups += [(f"judge_{j}_{d}", [f"judge_{j}_{d}"]) for j in judge_names for d in dims]
     private = tuple([f"_jstat_{j}_{d}" for j in judge_names for d in dims] +
@@ -329,6 +333,18 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     for j in totals["judges"].values():
         j["cost_usd"] = round(j["cost_usd"], 8)
     return out, totals
+
+
+def _judge_pool(concurrency):
+    """Judge actors work on a few blocks at once (with one, the requests in flight drain to zero
+    at the end of every block; the actor's semaphore still caps them) and hold no more than
+    that, so blocks go to whichever actor frees up instead of queueing at the first one started."""
+    from ray.data import ActorPoolStrategy
+
+    kw = {"max_tasks_in_flight_per_actor": JUDGE_BLOCKS_PER_ACTOR}
+    if isinstance(concurrency, (tuple, list)):
+        return ActorPoolStrategy(min_size=int(concurrency[0]), max_size=int(concurrency[1]), **kw)
+    return ActorPoolStrategy(size=int(concurrency), **kw)
 
 
 def _store(caches: dict, name: str) -> None:

@@ -52,9 +52,11 @@ class YesNoModel:
 
     def p_yes(self, inputs: list[str]) -> np.ndarray:
         torch = self.torch
-        out = []
-        for s in range(0, len(inputs), self.batch_size):
-            chunk = inputs[s:s + self.batch_size]
+        out = np.zeros(len(inputs))
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))   # similar lengths pad less
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            chunk = [inputs[i] for i in idx]
             enc = self.tok(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items()}
             dec = torch.full((len(chunk), 1), self.start, dtype=torch.long, device=self.device)
@@ -62,8 +64,8 @@ class YesNoModel:
                 logits = self.model(**enc, decoder_input_ids=dec).logits[:, 0, :].float()
             probs = torch.softmax(logits, dim=-1)
             yes, no = probs[:, self.yes], probs[:, self.no]
-            out.append((yes / (yes + no).clamp(min=1e-12)).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+            out[idx] = (yes / (yes + no).clamp(min=1e-12)).cpu().numpy()
+        return out
 
 
 def load_unieval(source: str, num_gpus: float = 0.0, **kw: Any) -> YesNoModel:
