@@ -225,6 +225,9 @@ class LocalServer:
                 "--served-name", self.served_names[0], "--max-batch", str(self.max_batch)]
 
     def start(self) -> "LocalServer":
+        # A path that is not there fails here, not after the child has imported torch.
+        if self.source.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(self.source)):
+            raise FileNotFoundError(f"{self.source}: no such model directory for the local server")
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -35,6 +35,6 @@ def test_a_tiny_model_answers_concurrent_requests_with_real_usage():
     assert server.proc.poll() is not None          # stopped with the context
 
 
-def test_a_model_that_cannot_load_is_a_clear_error(tmp_path):
-    with pytest.raises(RuntimeError, match="exited"):
-        LocalServer(str(tmp_path / "missing-model-dir"), startup_timeout_s=60).start()
+def test_a_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        LocalServer(str(tmp_path / "missing-model-dir")).start()
