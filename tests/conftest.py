@@ -48,6 +48,9 @@ def s3_env(s3_server, monkeypatch):
     return {"bucket": bucket, "server": s3_server}
 
 
+TEST_API_KEY_ENV, TEST_API_KEY = "PERSODPO_TEST_API_KEY", "sk-test-secret-4711"
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray for the whole session: explicit logical CPUs (the vLLM processor's stages
@@ -59,6 +62,9 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
+    # Workers inherit the environment the local Ray starts with, as the pipeline's own local Ray
+    # does: a fake key set now is what API actors read by name (``api_key_env``).
+    os.environ.setdefault(TEST_API_KEY_ENV, TEST_API_KEY)
     init_ray(RaySection(num_cpus=int(os.environ.get("PERSODPO_TEST_RAY_CPUS", "8")), progress_bars=False))
     yield ray
     ray.shutdown()

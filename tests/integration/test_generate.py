@@ -244,7 +244,7 @@ def test_cli_two_generators_turn_the_bundled_sample_into_candidates(ray_address,
     gen = _cli("generate", "--config", str(REPO / "jobs/configs/generate_local.yaml"), "--input", prompts,
                "--output", out, "--set", f"ray.address={ray_address}", "--set", "ray.progress_bars=false",
                "--set", "generate.generators.0.model=tiny:llama",
-               "--set", "generate.generators.1.api.api_base=local:tiny:llama",
+               "--set", "generate.generators.1.api.api_base=local+vllm:tiny:llama",
                "--set", "generate.generators.1.model=openai/tiny",
                "--set", "generate.generators.0.sampling.max_tokens=32",
                "--set", "generate.generators.1.sampling.max_tokens=32")

@@ -1,0 +1,281 @@
+"""The LLM judge panel: rubric prompts per dimension, sent through litellm to any endpoint.
+
+Per (candidate, dimension) a judge answers one rubric prompt (``templates/judge-<dim>-v1.txt``)
+with ``{"score": n}``. Where the server supports it the answer is constrained (``json_schema``:
+OpenAI and vLLM ``response_format``; ``regex``: vLLM ``structured_outputs``); everywhere it is
+parsed tolerantly (JSON, "Score: 4", "4/5", a bare number), and a judgment that still has no
+score, or one outside the scale, is None with the reason recorded, never a guess.
+
+``JudgeActor`` is the Ray Data UDF (an async callable class: one litellm client per actor, many
+requests in flight). Per row and dimension it: skips the judge's own generator (when
+configured) and rows without text; answers from the cache when it can; otherwise reserves the
+request's worst-case cost on the shared budget ledger, sends it, settles the real cost, parses
+the answer and caches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from persodpo.score.batch import judge_column
+from persodpo.score.metric import Cols, error_column
+from persodpo.score.text import render_history
+
+# Row status of one judgment (counted per judge in the manifest).
+OK, CACHED, MALFORMED, OUT_OF_RANGE = "ok", "cached", "malformed", "out_of_range"
+REQUEST_ERROR, BUDGET, SKIPPED_OWN, NO_TEXT = "request_error", "budget", "skipped_own", "no_text"
+STATUSES = (OK, CACHED, MALFORMED, OUT_OF_RANGE, REQUEST_ERROR, BUDGET, SKIPPED_OWN, NO_TEXT)
+
+
+# -- rubrics -------------------------------------------------------------------------------------
+def load_rubric(name: str) -> tuple[str, str]:
+    """(template text, short hash) of a packaged rubric name or a rubric file path."""
+    from importlib import resources
+
+    if name.endswith(".txt") or "/" in name:
+        p = Path(name).expanduser()
+        if not p.is_file():
+            from persodpo.errors import ConfigError
+
+            raise ConfigError(f"rubric file {name} not found", key="score.panel.rubrics")
+        text = p.read_text(encoding="utf-8")
+    else:
+        res = resources.files("persodpo.score") / "templates" / f"{name}.txt"
+        if not res.is_file():
+            from persodpo.errors import ConfigError
+
+            known = sorted(f.name[:-4] for f in (resources.files("persodpo.score") / "templates").iterdir()
+                           if f.name.endswith(".txt"))
+            raise ConfigError(f"unknown rubric {name!r}; packaged: {known}", key="score.panel.rubrics")
+        text = res.read_text(encoding="utf-8")
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def judge_messages(template: str, *, persona: list[str] | None, history: list[dict] | None, reply: str,
+                   context_turns: int, scale: tuple[int, int]) -> list[dict]:
+    text = string.Template(template).safe_substitute(
+        persona="\n".join(f"- {p}" for p in (persona or [])) or "(none given)",
+        context=render_history(history, context_turns) or "(no earlier turns)",
+        reply=reply, low=scale[0], high=scale[1])
+    return [{"role": "user", "content": text}]
+
+
+# -- constrained output and tolerant parsing --------------------------------------------------------
+def constrained_params(mode: str, scale: tuple[int, int]) -> dict:
+    lo, hi = scale
+    if mode == "json_schema":
+        schema = {"type": "object", "properties": {"score": {"type": "integer", "enum": list(range(lo, hi + 1))}},
+                  "required": ["score"], "additionalProperties": False}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "judge_score", "strict": True, "schema": schema}}}
+    if mode == "regex":
+        alts = "|".join(str(v) for v in range(hi, lo - 1, -1))
+        return {"extra_body": {"structured_outputs": {"regex": r'\{"score": ?(' + alts + r')\}'}}}
+    return {}
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+_OBJ = re.compile(r"\{[^{}]*\}", re.S)
+_KEYED = re.compile(r"""["']?\b(?:score|rating)\b["']?\s*[:=]\s*["']?(-?\d+(?:\.\d+)?)""", re.I)
+_BARE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+)?\s*\.?\s*$")
+_OUT_OF = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+)\b", re.I)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def parse_judgment(text: str | None, scale: tuple[int, int]) -> tuple[float | None, str, str | None]:
+    """(score, status, reason): status ok | malformed | out_of_range; the reason when no score."""
+    if text is None or not text.strip():
+        return None, MALFORMED, "empty judgment"
+    body = text.strip()
+    fenced = _FENCE.search(body)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates += _OBJ.findall(body)
+    value: float | None = None
+    found = False
+    for c in candidates:
+        try:
+            obj = json.loads(c)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            key = next((k for k in obj if str(k).lower() in ("score", "rating")), None)
+            if key is not None:
+                value, found = _number(obj[key]), True
+                break
+    if not found:
+        for rx in (_KEYED, _BARE):
+            m = rx.search(body)
+            if m:
+                value, found = float(m.group(1)), True
+                break
+    if not found:
+        m = _OUT_OF.search(body)
+        if m and int(m.group(2)) == scale[1]:
+            value, found = float(m.group(1)), True
+    short = body[:80].replace("\n", " ")
+    if not found or value is None:
+        return None, MALFORMED, f"no score in the judgment: {short!r}"
+    if not scale[0] <= value <= scale[1]:
+        return None, OUT_OF_RANGE, f"score {value:g} outside {scale[0]}..{scale[1]}: {short!r}"
+    return value, OK, None
+
+
+# -- the actor ---------------------------------------------------------------------------------
+@dataclass
+class Judgment:
+    score: float | None
+    status: str
+    reason: str | None = None
+    tokens: int = 0
+    cost: float = 0.0
+    entry: dict | None = None     # a new cache entry (an answer this run paid for)
+
+
+def request_params(judge, scale: tuple[int, int]) -> dict:
+    """What is sent with every request: the constraint, then the judge's own params (which win)."""
+    return {**constrained_params(judge.constrained, scale), **judge.params}
+
+
+class JudgeActor:
+    """Ray Data UDF: one judge over all dimensions (async: many requests in flight per actor)."""
+
+    def __init__(self, judge: dict, panel: dict, memo: list | None = None, ledger: Any = None):
+        from persodpo.llm_api import LiteLLMClient
+        from persodpo.score.cache import judge_namespace
+        from persodpo.score.config import JudgeSpec, PanelConfig
+
+        self.judge = JudgeSpec.model_validate(judge)
+        self.panel = PanelConfig.model_validate(panel)
+        self.scale = tuple(self.panel.scale)
+        self.client = LiteLLMClient(self.judge, share=1.0 / self.judge.max_actors())
+        self.params = request_params(self.judge, self.scale)
+        self.rubrics = {d: load_rubric(self.panel.rubrics[d]) for d in self.panel.dimensions}
+        self.namespace = judge_namespace(self.judge.name, self.judge.model, self.params)
+        # The cache is read and written by the driver only (it holds the storage credentials):
+        # actors get the known judgments through the object store and return new ones per row.
+        self.memo: dict[str, dict] = {}
+        if memo:
+            import ray
+
+            self.memo = dict(ray.get(memo[0]))
+        self.ledger = ledger
+        self.sem: asyncio.Semaphore | None = None
+
+    # Worst case of one request, so a granted reservation never lets spending pass the cap.
+    def estimate_cost(self, messages: list[dict]) -> float:
+        import litellm
+
+        try:
+            n_in = litellm.token_counter(model=self.judge.model, messages=messages)
+        except Exception:  # noqa: BLE001 - no tokenizer for this model: characters bound tokens
+            n_in = sum(len(m["content"]) for m in messages)
+        n_in = int(n_in * self.panel.cost_safety_factor) + 16
+        n_out = int(self.params.get("max_tokens") or self.params.get("max_completion_tokens") or 1024)
+        p, c = litellm.cost_per_token(model=self.judge.model, prompt_tokens=n_in, completion_tokens=n_out)
+        return float(p) + float(c)
+
+    async def _ask(self, messages: list[dict], key: str) -> Judgment:
+        if key in self.memo:
+            e = self.memo[key]
+            reason = None if e["score"] is not None else f"cached: {e['error']}"
+            return Judgment(e["score"], CACHED, reason)
+        if self.sem is None:
+            self.sem = asyncio.Semaphore(self.judge.max_in_flight)
+        async with self.sem:
+            reserved = 0.0
+            if self.ledger is not None:
+                reserved = self.estimate_cost(messages)
+                if not await self.ledger.reserve.remote(reserved):
+                    state = await self.ledger.state.remote()
+                    return Judgment(None, BUDGET, f"judge budget cap reached (spent ${state['spent_usd']:.6f} of "
+                                                  f"${state['cap_usd']:g}; this request could cost up to ${reserved:.6f})")
+            res = await self.client.complete(messages, **self.params)
+            if self.ledger is not None:
+                actual = res.cost_usd if res.cost_usd is not None else (reserved if res.error is None else 0.0)
+                await self.ledger.settle.remote(reserved, actual)
+        if res.error is not None:
+            return Judgment(None, REQUEST_ERROR, res.error)
+        tokens = int(res.prompt_tokens or 0) + int(res.completion_tokens or 0)
+        score, status, reason = parse_judgment(res.text, self.scale)
+        entry = {"key": key, "score": score, "error": reason, "status": status, "prompt_tokens": res.prompt_tokens,
+                 "completion_tokens": res.completion_tokens, "cost_usd": res.cost_usd, "created_at": time.time()}
+        self.memo[key] = entry
+        return Judgment(score, status, reason, tokens, float(res.cost_usd or 0.0), entry)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        from persodpo.score.cache import judgment_key
+
+        cols = Cols(batch)
+        n = len(cols)
+        dims = self.panel.dimensions
+        skip_gen = self.judge.generator if self.panel.skip_own_generator else None
+        jobs = []
+        for r in range(n):
+            text, gen = cols["text"][r], cols["generator"][r]
+            for d in dims:
+                if skip_gen is not None and gen == skip_gen:
+                    jobs.append(_done(Judgment(None, SKIPPED_OWN, f"judge {self.judge.name} does not score its own "
+                                                                  f"generator ({gen})")))
+                    continue
+                if text is None or not text.strip():
+                    jobs.append(_done(Judgment(None, NO_TEXT, "no usable text")))
+                    continue
+                template, rubric_hash = self.rubrics[d]
+                msgs = judge_messages(template, persona=cols["persona"][r], history=cols["history"][r], reply=text,
+                                      context_turns=self.panel.context_turns, scale=self.scale)
+                key = judgment_key(self.namespace, d, rubric_hash, cols["candidate_id"][r], msgs)
+                jobs.append(self._ask(msgs, key))
+        results: list[Judgment] = await asyncio.gather(*jobs)
+        name = self.judge.name
+        # New cache entries travel back with their row, for the driver to store.
+        per_row: list[list[dict]] = [[] for _ in range(n)]
+        for k, x in enumerate(results):
+            if x.entry is not None:
+                per_row[k // len(dims)].append(x.entry)
+        batch = _append(batch, f"_jnew_{name}", pa.array([json.dumps(e) if e else None for e in per_row],
+                                                         type=pa.string()))
+        tok = [0] * n
+        cost = [0.0] * n
+        for k, d in enumerate(dims):
+            rs = results[k::len(dims)]
+            col = judge_column(name, d)
+            batch = _append(batch, col, pa.array([x.score for x in rs], type=pa.float64()))
+            batch = _append(batch, error_column(col), pa.array([x.reason for x in rs], type=pa.string()))
+            batch = _append(batch, f"_jstat_{name}_{d}", pa.array([x.status for x in rs], type=pa.string()))
+            for r, x in enumerate(rs):
+                tok[r] += x.tokens
+                cost[r] += x.cost
+        batch = _append(batch, f"_jtok_{name}", pa.array(tok, type=pa.int64()))
+        return _append(batch, f"_jcost_{name}", pa.array(cost, type=pa.float64()))
+
+
+async def _done(j: Judgment) -> Judgment:
+    return j
+
+
+def _append(batch: pa.Table, name: str, arr: pa.Array) -> pa.Table:
+    if name in batch.column_names:
+        return batch.set_column(batch.column_names.index(name), name, arr)
+    return batch.append_column(name, arr)

@@ -1,0 +1,40 @@
+"""The local OpenAI-compatible server (persodpo.local_server) that judges and API generators can
+use offline: a real model behind HTTP, called through litellm."""
+
+import asyncio
+
+import pytest
+
+from persodpo.llm_api import ApiEndpoint, LiteLLMClient
+from persodpo.local_server import LocalServer, parse_local
+
+
+def test_local_api_bases_are_recognised():
+    assert parse_local("local:packaged:smollm2-135m-instruct") == ("transformers", "packaged:smollm2-135m-instruct")
+    assert parse_local("local+vllm:tiny:llama") == ("vllm", "tiny:llama")
+    assert parse_local("http://127.0.0.1:8000/v1") is None and parse_local(None) is None
+    with pytest.raises(ValueError, match="name the model"):
+        parse_local("local:")
+
+
+def test_a_tiny_model_answers_concurrent_requests_with_real_usage():
+    with LocalServer("tiny:llama", max_batch=4) as server:
+        client = LiteLLMClient(ApiEndpoint(model="openai/local", api_base=server.api_base, max_in_flight=8,
+                                           timeout_s=60, max_retries=0))
+
+        async def ask_all():
+            msgs = [[{"role": "user", "content": f"Question number {i}: how are you?"}] for i in range(6)]
+            return await asyncio.gather(*(client.complete(m, max_tokens=5, temperature=0) for m in msgs))
+
+        results = asyncio.run(ask_all())
+    for r in results:
+        assert r.error is None, r.error
+        assert isinstance(r.text, str)
+        assert r.prompt_tokens > 5 and 1 <= r.completion_tokens <= 5
+        assert r.finish_reason in ("length", "stop")
+    assert server.proc.poll() is not None          # stopped with the context
+
+
+def test_a_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        LocalServer(str(tmp_path / "missing-model-dir")).start()

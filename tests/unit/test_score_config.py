@@ -1,0 +1,47 @@
+"""The score section: metrics and judges are configuration, and mistakes name the key."""
+
+import pytest
+
+from persodpo.config import load_config
+from persodpo.errors import ConfigError
+from persodpo.score.config import ScoreConfig
+from persodpo.score.registry import REGISTRY, build_metrics, columns_of, describe
+
+
+def test_defaults_run_offline_and_cover_three_families():
+    cfg = ScoreConfig()
+    metrics = build_metrics(cfg)
+    assert {m.kind for m in metrics} == {"deterministic", "model"}
+    assert all(m.model.startswith("packaged:") for m in metrics if m.kind == "model")
+    assert cfg.word_limit == 110 and cfg.judges == []
+
+
+def test_registry_declares_reads_writes_and_kind():
+    kinds = {d["name"]: d["kind"] for d in describe()}
+    assert kinds["format"] == "deterministic" and kinds["c_score"] == "model" and kinds["persona_similarity"] == "model"
+    metrics = build_metrics(ScoreConfig(metrics=list(REGISTRY)))
+    cols = columns_of(metrics)
+    assert len(cols) == len(set(cols))
+    assert {"format_ok", "length_ok", "c_score", "persona_similarity", "coherence_nli", "ref_chrf"} <= set(cols)
+    for m in metrics:
+        assert m.reads and m.writes()
+
+
+def test_unknown_metric_names_the_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("score:\n  metrics: [format, bleurt]\n")
+    with pytest.raises(ConfigError, match=r"key 'score.metrics'.*unknown metric\(s\) \['bleurt'\]"):
+        load_config(f)
+
+
+def test_judges_and_panel_validate():
+    cfg = load_config(None, ["score.judges=[{name: j1, model: openai/gpt-4o-mini, api_key_env: K}]"])
+    assert cfg.score.judges[0].params["max_tokens"] == 16 and cfg.score.judges[0].constrained == "json_schema"
+    with pytest.raises(ConfigError, match="score.judges.0.name"):
+        load_config(None, ["score.judges=[{name: 'GPT 4', model: openai/gpt-4o}]"])
+    with pytest.raises(ConfigError, match="used twice"):
+        load_config(None, ["score.judges=[{name: a, model: m1}, {name: a, model: m2}]"])
+    with pytest.raises(ConfigError, match="no rubric for dimension"):
+        load_config(None, ["score.panel.dimensions=[coherence, fluency]"])
+    with pytest.raises(ConfigError, match="secrets are never configuration"):
+        load_config(None, ["score.judges=[{name: a, model: m, params: {api_key: sk-x}}]"])
