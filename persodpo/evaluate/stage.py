@@ -97,13 +97,18 @@ def _generation_config(cfg: PersoDPOConfig, models, prompts_uri: str, out_uri: s
     template = next((g for g in cfg.generate.generators if g.backend == "vllm"), None)
     gens = []
     for name, model in models:
-        g = {"name": name, "backend": "vllm", "model": model,
-             "sampling": {"temperature": cfg.evaluate.temperature, "seed": 0}}
-        if template is not None and template.vllm is not None:
-            g["vllm"] = template.vllm.model_dump()
+        sampling = {"temperature": cfg.evaluate.temperature, "seed": 0}
+        if cfg.evaluate.engine == "transformers":
+            g = {"name": name, "backend": "api", "model": f"openai/{name}", "sampling": sampling,
+                 "api": {"api_base": f"local:{model}", "concurrency": 1, "max_in_flight": 8, "timeout_s": 600,
+                         "max_retries": 1}}
+        else:
+            g = {"name": name, "backend": "vllm", "model": model, "sampling": sampling}
+            if template is not None and template.vllm is not None:
+                g["vllm"] = template.vllm.model_dump()
         gens.append(GeneratorConfig.model_validate(g))
     c.generate = c.generate.model_copy(update={"input": prompts_uri, "output": out_uri, "generators": gens,
-                                               "max_prompts": None})
+                                               "max_prompts": None, "split": None})
     return c
 
 

@@ -41,8 +41,9 @@ def attempt_hash(cfg: PersoDPOConfig) -> str:
 
 
 # -- prompts ---------------------------------------------------------------------------------
-def load_prompt_ids(uri: str, storage, max_prompts: int | None) -> list[str]:
-    """The prompt ids, checked: required columns present, ids unique and non-null."""
+def load_prompt_ids(uri: str, storage, max_prompts: int | None, split: str | None = None) -> list[str]:
+    """The prompt ids (of ``split`` when given), checked: required columns present, ids unique and
+    non-null."""
     parts = st.part_uris(uri, storage)
     fs, _ = st.resolve(uri, storage)
     ids: list[str] = []
@@ -52,13 +53,18 @@ def load_prompt_ids(uri: str, storage, max_prompts: int | None) -> list[str]:
         missing = [c for c in _REQUIRED if c not in names]
         if missing:
             raise InputError(f"not a prompts table: no column(s) {missing}", file=p, field=missing[0])
-        t = pq.read_table(path, filesystem=fs, columns=list(_REQUIRED))
+        cols = list(_REQUIRED) + (["split"] if split is not None else [])
+        if split is not None and "split" not in names:
+            raise InputError("generate.split is set but the prompts table has no split column", file=p, field="split")
+        t = pq.read_table(path, filesystem=fs, columns=cols)
         for col in _REQUIRED:
             nulls = t.column(col).null_count
             if nulls:
                 i = pc.index(pc.is_null(t.column(col)), True).as_py()
                 rec = t.column("prompt_id")[i].as_py() or f"row {i + 1}"
                 raise InputError("missing value", file=p, record=rec, field=col)
+        if split is not None:
+            t = t.filter(pc.equal(t.column("split"), split))
         ids.extend(t.column("prompt_id").to_pylist())
         if max_prompts and len(ids) >= max_prompts:
             break
@@ -69,7 +75,8 @@ def load_prompt_ids(uri: str, storage, max_prompts: int | None) -> list[str]:
             raise InputError("duplicate prompt_id (ids must be unique)", file=uri, record=pid, field="prompt_id")
         seen.add(pid)
     if not ids:
-        raise InputError("the prompts table has no rows", file=uri)
+        raise InputError("the prompts table has no rows" + (f" of split {split!r}" if split is not None else ""),
+                         file=uri, field="split" if split is not None else None)
     return ids
 
 
@@ -202,7 +209,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     for gen in g.generators:  # a missing key is a clear error before anything starts
         if gen.backend == "api" and not parse_local(gen.api_options.api_base):
             gen.endpoint().api_key()
-    prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts)
+    prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts, g.split)
 
     from persodpo.raycluster import init_ray, read_output
 
@@ -222,7 +229,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     if todo:
         prompts = read_output(g.input, cfg.storage)
         # max_prompts: the first N in the table's order, chosen here (Ray's limit() may pick any N).
-        only = frozenset(prompt_ids) if g.max_prompts else None
+        only = frozenset(prompt_ids) if g.max_prompts or g.split is not None else None
         with contextlib.ExitStack() as stack:
             ds = _datasets(cfg, prompts, todo, frozenset(done), only, stack)
             for batch in ds.iter_batches(batch_size=g.rows_per_part, batch_format="pyarrow", prefetch_batches=0):

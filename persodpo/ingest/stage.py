@@ -3,9 +3,14 @@ their candidates and scores too)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections import Counter
 from importlib import resources
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from persodpo import storage as st
 from persodpo.config import PersoDPOConfig
@@ -63,7 +68,24 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         from persodpo.ingest.persobench import read_persobench
 
         table, n_dialogs = read_persobench(src, cfg.storage, split=c.split, max_dialogs=c.max_dialogs)
-    _write(c.output, table, cfg, source=c.source, input=src, n_dialogs=n_dialogs)
-    log.info("ingest: %d dialogs -> %d prompts -> %s", n_dialogs, table.num_rows, c.output)
+    if c.holdout_fraction:
+        table = hold_out(table, c.holdout_fraction, c.holdout_split)
+    splits = dict(sorted(Counter(table.column("split").to_pylist()).items()))
+    _write(c.output, table, cfg, source=c.source, input=src, n_dialogs=n_dialogs, splits=splits)
+    log.info("ingest: %d dialogs -> %d prompts %s -> %s", n_dialogs, table.num_rows, splits, c.output)
     return {"stage": "ingest", "source": c.source, "input": src, "output": c.output, "n_dialogs": n_dialogs,
-            "n_prompts": table.num_rows, "wall_time_s": round(time.time() - t0, 2)}
+            "n_prompts": table.num_rows, "splits": splits, "wall_time_s": round(time.time() - t0, 2)}
+
+
+def hold_out(table: pa.Table, fraction: float, split: str) -> pa.Table:
+    """Relabel whole dialogs as ``split``: round(fraction x dialogs), at least 1, never all, the
+    dialogs with the smallest hash of their id (stable across reruns and input order)."""
+    dialogs = sorted(set(table.column("dialog_id").to_pylist()))
+    k = min(max(1, round(fraction * len(dialogs))), len(dialogs) - 1)
+    if k <= 0:
+        raise ConfigError(f"a holdout needs at least 2 dialogs, the input has {len(dialogs)}",
+                          key="ingest.holdout_fraction")
+    chosen = set(sorted(dialogs, key=lambda d: hashlib.sha256(d.encode()).hexdigest())[:k])
+    mask = pa.array([d in chosen for d in table.column("dialog_id").to_pylist()])
+    labels = pc.if_else(mask, pa.scalar(split), table.column("split"))
+    return table.set_column(table.schema.get_field_index("split"), "split", labels.cast(table.schema.field("split").type))

@@ -169,6 +169,9 @@ def build_pool(candidates: pa.Table | pd.DataFrame, scores: pa.Table | pd.DataFr
             bad = pc.index(pc.is_valid(sc.column(m)), True).as_py()
             raise InputError(f"metric column is not numeric (type {t})", file=scores_uri,
                              record=sc.column("candidate_id")[bad].as_py() if bad >= 0 else None, field=m)
+    # One order whatever the parts' order (a resumed generation writes them differently): every
+    # float sum over the pool, and so every score and margin, is then reproducible to the bit.
+    cand = cand.sort_by("candidate_id")
     cids = cand.column("candidate_id")
     known = pc.is_in(sc.column("candidate_id"), value_set=cids)
     if not pc.all(known).as_py() and len(sc):

@@ -106,14 +106,20 @@ def _submit(head, *args):
 @pytest.mark.slow
 def test_ray_job_submit_runs_persodpo_and_a_resubmission_does_not_duplicate(ray_head, tmp_path):
     root = str(tmp_path / "root")
-    args = ["--config", "jobs/configs/demo.yaml", "--run-id", "jobtest", "--root", root,
-            "--set", "run.stages=[ingest]"]
+    # Every stage, tiny models: the job runs on the head's workers from the uploaded working_dir.
+    args = ["--config", "jobs/configs/tiny.yaml", "--run-id", "jobtest", "--root", root]
     r = _submit(ray_head, *args)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["status"] == "SUCCEEDED" and result["submission_id"] == "persodpo-jobtest-run"
-    assert result["summary"]["ok"] and result["summary"]["stages"]["ingest"]["status"] == "ran"
-    assert st.is_complete(st.join(root, "runs", "jobtest", "ingest"))
+    stages = result["summary"]["stages"]
+    assert result["summary"]["ok"] and list(stages) == ["ingest", "generate", "score", "pairs", "train", "evaluate"]
+    assert all(s["status"] == "ran" for s in stages.values()), stages
+    run = st.join(root, "runs", "jobtest")
+    for stage in stages:
+        assert st.is_complete(st.join(run, stage)), stage
+    assert stages["train"]["global_step"] == 6 and stages["pairs"]["n_pairs"] > 0
+    assert os.path.exists(os.path.join(run, "evaluate", "report.md"))
 
     again = _submit(ray_head, *args)
     assert again.returncode == 0 and "already exists (SUCCEEDED)" in again.stderr
