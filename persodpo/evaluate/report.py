@@ -18,8 +18,16 @@ BASE_COLUMNS = {"candidate_id", "prompt_id", "generator", "score_errors", "judge
 
 
 def metric_columns(scores: pd.DataFrame) -> list[str]:
-    """Float metric columns of a scores table (everything that is not a contract base column)."""
-    return [c for c in scores.columns if c not in BASE_COLUMNS and pd.api.types.is_numeric_dtype(scores[c])]
+    """Float metric columns of a scores table (everything that is not a contract base column),
+    less bookkeeping a reader does not compare models on: the judge panel's counts and agreement,
+    and the four parts of ``format_ok`` (the failure ratio already shows format)."""
+    def shown(c: str) -> bool:
+        if c.endswith(("_n", "_agreement")) and c.startswith("judge_"):
+            return False
+        return not (c.startswith("format_") and c != "format_ok")
+
+    return [c for c in scores.columns
+            if c not in BASE_COLUMNS and pd.api.types.is_numeric_dtype(scores[c]) and shown(c)]
 
 
 def words(text: pd.Series) -> pd.Series:

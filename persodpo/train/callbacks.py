@@ -93,7 +93,7 @@ class RayTrainReport(TrainerCallback):
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:07d}")
         if self.world_rank == 0 and self.after_save is not None:
             self.after_save(ckpt_dir)
-        if self._hang_after and step >= self._hang_after:
+        if self._hang_after and step == self._hang_after:
             while True:
                 time.sleep(3600)
 

@@ -101,6 +101,15 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     if not c.output:
         raise ConfigError("no output URI (use --output or train.output)", key="train.output")
     t0 = time.time()
+    # Workers run in other directories (Ray sets their cwd): relative local paths would land there.
+    cfg = cfg.model_copy(deep=True)
+    c = cfg.train
+    for key in ("input", "output", "local_dir"):
+        value = getattr(c, key)
+        if value and "://" not in value:
+            setattr(c, key, os.path.abspath(value))
+    if "://" not in c.model and os.path.isdir(c.model):
+        c.model = os.path.abspath(c.model)
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
