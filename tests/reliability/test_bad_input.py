@@ -370,3 +370,13 @@ def test_train_refuses_a_null_chosen_before_training(tmp_path):
     for frag in (f"record {rows[6]['pair_id']}", "field 'chosen'", "part-0000", str(tmp_path / "pairs")):
         assert frag in r.stderr, (frag, r.stderr[-2000:])
     assert not out.exists() or not st.is_complete(str(out))
+
+
+def test_an_in_process_cli_error_leaves_a_running_ray_up(ray_local, tmp_path, capsys):
+    """``main`` called in-process (as these tests do) stops only a Ray it started itself: a bad
+    input must not take the test session's Ray (and every later test's cluster) down with it."""
+    src = _write(tmp_path, "focus.json", b'{"data": [')
+    rc, err, summary = _run(["ingest", "--input", src, "--output", str(tmp_path / "out")], capsys)
+    assert rc == 2 and not summary["ok"]
+    assert ray_local.is_initialized()
+    assert ray_local.get(ray_local.put(41)) + 1 == 42
