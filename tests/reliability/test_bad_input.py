@@ -101,7 +101,7 @@ def _generate_missing_column(tmp: Path):
                                           "field 'history'"]
 
 
-def _generate_null_prompt_id(tmp: Path):
+def _generate_null_field(tmp: Path):
     rows = _prompts_table().to_pylist()
     rows[3]["persona"] = None
     uri = _commit(str(tmp / "prompts"), pa.Table.from_pylist(rows, schema=contracts.PROMPTS))
@@ -252,7 +252,7 @@ CASES = [
         "secrets are never configuration")),
     # -- later stages' inputs (checked before Ray or any model starts) ---------------------------
     ("generate: prompts missing a column", _generate_missing_column),
-    ("generate: prompts with a null field", _generate_null_prompt_id),
+    ("generate: prompts with a null field", _generate_null_field),
     ("generate: input never committed", _generate_incomplete_input),
     ("pairs: non-numeric metric column", _pairs_non_numeric_metric),
     ("pairs: scores for an unknown candidate", _pairs_unknown_candidate),

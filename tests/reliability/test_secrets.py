@@ -1,10 +1,11 @@
 """Secrets are never written: `persodpo run` of every stage (jobs/configs/tiny.yaml) with its run
 root on a real S3 server (real credentials in play) and an LLM judge whose API key comes from the
-environment; then every byte the run wrote is searched for the key and the S3 credentials:
-every object under the run root (Parquet, manifests, data card, judge cache, train checkpoints),
-the driver's stdout and stderr, its local Ray's whole session directory (every log of every
-worker), the local model server's log and any other temporary file. Zero hits. Prompts and
-replies are not logged at INFO either.
+environment (its endpoint fails some requests, so error messages are written too); then every
+byte the run wrote is searched for the key and the S3 credentials: every object under the run
+root (Parquet, manifests, data card, judge cache, train checkpoints), the driver's stdout and
+stderr, its local Ray's whole session directory (every log of every worker), the local model
+server's log and any other temporary file. Zero hits. Prompts and replies are not logged at INFO
+either.
 
 The driver starts its own local Ray, inheriting the secrets in its environment as a developer's
 run does: every Ray process then holds them, so any place that dumps an environment, a request
@@ -91,7 +92,8 @@ def test_a_full_run_writes_no_secret_anywhere_and_logs_no_prompt_or_reply(s3_env
     root = f"s3://{bucket}/persodpo"
     scratch = Path(tempfile.mkdtemp(prefix="psec", dir="/tmp"))   # short: Ray's socket paths live here
     try:
-        with OpenAIServer(responder=judge_responder) as judge:
+        # Some requests fail (500, twice for some rows): error paths write messages too.
+        with OpenAIServer(responder=judge_responder, fault_mix={"500": 0.3}, retry_after_s=0) as judge:
             cfg = yaml.safe_load(TINY.read_text())
             cfg["run"].update(root=root, run_id="secrets")
             cfg["ray"]["object_store_memory"] = 300_000_000
@@ -114,6 +116,7 @@ def test_a_full_run_writes_no_secret_anywhere_and_logs_no_prompt_or_reply(s3_env
         judged = summary["stages"]["score"]["judges"]["loop"]
         # The key really reached the endpoint, on every request the judge sent.
         assert judged["ok"] > 0 and auth == {f"Bearer {api_key}": sum(auth.values())}, (judged, list(auth))
+        assert judged["request_error"] > 0, judged   # recorded errors were written as well
 
         written = _s3_files(server3.client(), bucket)
         names = list(written)
