@@ -83,6 +83,15 @@ def config_case(yaml_text: bytes | str | None, overrides: list[str], *fragments:
     return make
 
 
+def _output_is_a_file(tmp: Path):
+    out = _write(tmp, "prompts.parquet", b"not a folder")
+    return ["ingest", "--output", out], [out, "Cannot create directory"]
+
+
+def _uri_case(uri: str, *fragments: str):
+    return lambda tmp: (["ingest", "--input", uri], [uri, *fragments])
+
+
 def _path_case(kind: str):
     def make(tmp: Path):
         if kind == "directory":
@@ -183,6 +192,9 @@ CASES = [
         f"record {D0}", "field 'utterance[0].knowledge_candidates[0]'")),
     ("focus: a directory", _path_case("directory")),
     ("focus: missing file", _path_case("missing")),
+    ("focus: unsupported URI scheme", _uri_case("ftp://host/focus.json", "unsupported storage URI")),
+    ("focus: S3 URI without a bucket", _uri_case("s3:///focus.json", "no bucket in the S3 URI")),
+    ("output: an existing file", _output_is_a_file),
     # -- PersoBench CSV --------------------------------------------------------------------------
     ("csv: missing column", csv_case("personas,context\n\"I like tea.\",\"User1: hi\"\n",
                                      "field 'act_response'", "missing column(s) ['act_response']")),
@@ -196,6 +208,8 @@ CASES = [
                                                     "record row 1", "field 'context'", "human turn")),
     ("csv: empty gold after prefix", csv_case(CSV_HEADER + CSV_ROW + CSV_ROW.replace("User2: I like tea.", "User2: "),
                                               "record row 2", "field 'act_response'", "empty gold")),
+    ("csv: unterminated quote", csv_case(CSV_HEADER + '"I like tea.,"User1: hi","User2: ok"\n' + CSV_ROW,
+                                         "record row 1", "field 'act_response'")),
     ("csv: empty persona", csv_case(CSV_HEADER + '"  ","User1: hi","User2: hi"\n', "record row 1",
                                     "field 'personas'", "empty value")),
     # -- configuration: YAML files and dotted overrides ------------------------------------------
@@ -260,7 +274,7 @@ CASES = [
 
 
 def _outputs_flag(argv: list[str], out: str) -> list[str]:
-    return argv + ["--output", out]
+    return argv if "--output" in argv else argv + ["--output", out]
 
 
 def _complete_outputs(root: Path) -> list[str]:
@@ -290,14 +304,15 @@ def test_bad_input_exits_2_names_the_place_and_leaves_no_complete_output(tmp_pat
         assert frag in err, f"{frag!r} not in: {err[-2000:]}"
     assert summary["ok"] is False and summary["command"] == argv[0]
     assert summary["error"] and summary["error"] in err
-    assert not st.is_complete(str(out))
+    argv = _outputs_flag(argv, str(out))
+    assert not st.is_complete(argv[argv.index("--output") + 1])
     assert set(_complete_outputs(tmp_path)) == before, "a bad input left an output that looks complete"
     assert FAKE_KEY not in err + json.dumps(summary), "a secret from the configuration was echoed"
 
 
 def test_the_sweep_is_at_least_twenty_cases_across_every_input_kind():
     kinds = {c[0].split(":")[0] for c in CASES}
-    assert len(CASES) >= 22 and {"focus", "csv", "config", "secret", "generate", "pairs"} <= kinds
+    assert len(CASES) >= 22 and {"focus", "csv", "config", "secret", "generate", "pairs", "output"} <= kinds
 
 
 def _fingerprint(uri: str) -> dict[str, str]:

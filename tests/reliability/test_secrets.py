@@ -93,7 +93,7 @@ def test_a_full_run_writes_no_secret_anywhere_and_logs_no_prompt_or_reply(s3_env
     scratch = Path(tempfile.mkdtemp(prefix="psec", dir="/tmp"))   # short: Ray's socket paths live here
     try:
         # Some requests fail (500, twice for some rows): error paths write messages too.
-        with OpenAIServer(responder=judge_responder, fault_mix={"500": 0.3}, retry_after_s=0) as judge:
+        with OpenAIServer(responder=judge_responder, fault_mix={"500": 0.4}, retry_after_s=0) as judge:
             cfg = yaml.safe_load(TINY.read_text())
             cfg["run"].update(root=root, run_id="secrets")
             cfg["ray"]["object_store_memory"] = 300_000_000
@@ -116,7 +116,8 @@ def test_a_full_run_writes_no_secret_anywhere_and_logs_no_prompt_or_reply(s3_env
         judged = summary["stages"]["score"]["judges"]["loop"]
         # The key really reached the endpoint, on every request the judge sent.
         assert judged["ok"] > 0 and auth == {f"Bearer {api_key}": sum(auth.values())}, (judged, list(auth))
-        assert judged["request_error"] > 0, judged   # recorded errors were written as well
+        # Recorded errors were written as well (a row fails when both tries do: ~16% of ~100).
+        assert judged["request_error"] > 0, judged
 
         written = _s3_files(server3.client(), bucket)
         names = list(written)
