@@ -76,12 +76,17 @@ def _emit(summary: dict) -> None:
     sys.stdout.flush()
 
 
-def _disconnect_ray() -> None:
-    """Ray forwards worker and raylet messages to this process's stdout until it disconnects: do it
-    before the summary so the summary stays the last stdout line."""
+def _ray_is_up() -> bool:
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    return ray is not None and ray.is_initialized()
+
+
+def _disconnect_ray(was_up: bool = False) -> None:
+    """Ray forwards worker and raylet messages to this process's stdout until it disconnects: do it
+    before the summary so the summary stays the last stdout line. A Ray that was already up when
+    ``main`` was called (``main`` called in-process, e.g. by tests) is not ours to stop."""
+    if _ray_is_up() and not was_up:
+        sys.modules["ray"].shutdown()
     sys.stdout.flush()
 
 
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from persodpo.errors import PersoDPOError
 
     t0 = time.time()
+    ray_was_up = _ray_is_up()
     try:
         from persodpo.config import load_config
 
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(f"persodpo.{args.command}.stage")
             summary = module.run_stage(cfg)
     except PersoDPOError as exc:
-        _disconnect_ray()
+        _disconnect_ray(ray_was_up)
         print(f"persodpo {args.command}: error: {exc}", file=sys.stderr)
         _emit({"command": args.command, "ok": False, "error": str(exc), "wall_time_s": round(time.time() - t0, 2)})
         return exc.exit_code
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = {"command": args.command, "ok": True, **summary}
     summary.setdefault("wall_time_s", round(time.time() - t0, 2))
-    _disconnect_ray()
+    _disconnect_ray(ray_was_up)
     _emit(summary)
     return 0
 

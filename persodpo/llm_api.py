@@ -32,6 +32,22 @@ RESULT_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", 
                  "attempts", "error")
 
 
+_SECRET_WORDS = {"key", "secret", "token", "password", "passwd", "credentials"}
+
+
+def refuse_secrets(v: dict, *, env: bool = False) -> dict:
+    """Refuse request fields (or, ``env=True``, environment variables) that look like secrets: a key
+    written into configuration would end up in manifests, data cards and logs."""
+    if env:  # variable names: HF_TOKEN, OPENAI_API_KEY (not TOKENIZERS_PARALLELISM)
+        bad = [k for k in v if _SECRET_WORDS & set(str(k).lower().split("_"))]
+    else:
+        bad = [k for k in v if "key" in k.lower() or "secret" in k.lower() or "token" == k.lower()]
+    if bad:
+        raise ValueError(f"{bad}: secrets are never configuration; use api_key_env" if not env else
+                         f"{bad}: secrets are never configuration; set them in the nodes' environment")
+    return v
+
+
 class ApiEndpoint(Section):
     """One model behind an API, as litellm names it (``openai/gpt-4o-mini``, ``anthropic/...``,
     ``bedrock/...``, or ``openai/<served name>`` with ``api_base`` for any OpenAI-compatible server)."""
@@ -55,10 +71,7 @@ class ApiEndpoint(Section):
     @field_validator("params")
     @classmethod
     def _no_secrets(cls, v: dict) -> dict:
-        bad = [k for k in v if "key" in k.lower() or "secret" in k.lower() or "token" == k.lower()]
-        if bad:
-            raise ValueError(f"{bad}: secrets are never configuration; use api_key_env")
-        return v
+        return refuse_secrets(v)
 
     def max_actors(self) -> int:
         return self.concurrency[1] if isinstance(self.concurrency, tuple) else self.concurrency

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from persodpo.llm_api import ApiEndpoint
+from persodpo.llm_api import ApiEndpoint, refuse_secrets
 from persodpo.sections import Section
 
 
@@ -40,6 +40,11 @@ class SamplingConfig(Section):
     stop: list[str] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict, description="other vLLM SamplingParams / API request "
                                                                      "fields, e.g. min_tokens, frequency_penalty")
+
+    @field_validator("extra")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        return refuse_secrets(v)
 
 
 class VllmOptions(Section):
@@ -70,6 +75,11 @@ class VllmOptions(Section):
                                                       "detokenizes as it generates)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="any other vLLM engine argument")
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine actors")
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        return refuse_secrets(v, env=True)
 
 
 class ApiOptions(ApiEndpoint):

@@ -43,6 +43,8 @@ def parse_focus(text: str, *, file: str, split: str = "train", knowledge: str = 
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; truncated file?)",
                          file=file) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply to be FoCus data", file=file) from None
     if not isinstance(doc, dict) or "data" not in doc:
         raise InputError("missing top-level 'data' list (expected {\"data\": [dialog, ...]})", file=file,
                          field="data")

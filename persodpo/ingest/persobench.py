@@ -18,6 +18,7 @@ from persodpo.errors import InputError
 from persodpo.ingest.common import prompts_table, read_text
 
 COLUMNS = ("personas", "context", "act_response")
+_FIELD_LIMIT = 16 << 20
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s*(?=[A-Z0-9\"'])")
 _SPEAKER = re.compile(r"^\s*User\s*([12])\s*:\s?(.*)$")
 
@@ -57,6 +58,9 @@ def parse_context(text: str) -> list[dict]:
 
 def read_rows(text: str, *, file: str, columns: tuple[str, ...] = COLUMNS) -> list[dict]:
     """CSV text -> list of row dicts, checking the header holds ``columns``."""
+    # The csv module refuses fields over 128 KiB by default: a long dialogue context is data, not
+    # an error (an unterminated quote still fails, at 16 MiB, instead of swallowing the file).
+    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     missing = [c for c in columns if c not in header]

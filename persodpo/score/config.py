@@ -64,6 +64,14 @@ class JudgeSpec(ApiEndpoint):
     max_in_flight: int = Field(8, ge=1)
     params: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 16})
 
+    @field_validator("model")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        # Without it litellm guesses a provider per request (or fails every request at run time).
+        if "/" not in v:
+            raise ValueError(f"judge model {v!r} needs litellm's provider prefix, e.g. openai/{v}")
+        return v
+
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:

@@ -6,7 +6,8 @@ transformers) and can misbehave on purpose, to inject faults: 429 with Retry-Aft
 a response slower than the client's timeout, an invalid JSON body, an empty body, truncated
 JSON. Faults come from a seeded random mix (``fault_mix``) or a deterministic script keyed by a
 marker in the prompt (``[[fault:429,500]]`` = first attempt 429, second 500, then normal). Every
-request is counted, so tests can check that the counts add up.
+request is counted, so tests can check that the counts add up, and so is the Authorization
+header each one carried (to prove an API key reached the endpoint).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class OpenAIServer:
         self.times: list[float] = []                       # arrival time of each request
         self.in_flight = 0
         self.max_in_flight = 0
+        self.authorizations: Counter = Counter()          # Authorization header values received
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -100,6 +102,7 @@ class OpenAIServer:
         from aiohttp import web
 
         self.times.append(time.time())
+        self.authorizations[request.headers.get("Authorization")] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -40,8 +40,8 @@ def test_judges_and_panel_validate():
     with pytest.raises(ConfigError, match="score.judges.0.name"):
         load_config(None, ["score.judges=[{name: 'GPT 4', model: openai/gpt-4o}]"])
     with pytest.raises(ConfigError, match="used twice"):
-        load_config(None, ["score.judges=[{name: a, model: m1}, {name: a, model: m2}]"])
+        load_config(None, ["score.judges=[{name: a, model: openai/m1}, {name: a, model: openai/m2}]"])
     with pytest.raises(ConfigError, match="no rubric for dimension"):
         load_config(None, ["score.panel.dimensions=[coherence, fluency]"])
     with pytest.raises(ConfigError, match="secrets are never configuration"):
-        load_config(None, ["score.judges=[{name: a, model: m, params: {api_key: sk-x}}]"])
+        load_config(None, ["score.judges=[{name: a, model: openai/m, params: {api_key: sk-x}}]"])
