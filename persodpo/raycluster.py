@@ -27,6 +27,21 @@ _WORKER_ENV = {
 }
 
 
+def _job_env_vars() -> dict:
+    """The env_vars of the runtime env of the Ray job this driver runs in ({} outside a job)."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    text = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not text:
+        return {}
+    try:
+        return dict((json.loads(text).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
 def init_ray(cfg: "RaySection | None" = None):
     """Connect to (or start) Ray once per process; returns the ``ray`` module."""
     import ray
@@ -38,9 +53,12 @@ def init_ray(cfg: "RaySection | None" = None):
     address = (cfg.address if cfg else None) or os.environ.get("RAY_ADDRESS")
     namespace = cfg.namespace if cfg else "persodpo"
     env_vars = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+    # Under `ray job submit` the job's runtime env already reaches every worker, and Ray refuses a
+    # driver runtime env that names one of its variables again.
+    env_vars = {k: v for k, v in env_vars.items() if k not in _job_env_vars()}
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, namespace=namespace, runtime_env={"env_vars": env_vars},
+        ray.init(address=address, namespace=namespace, runtime_env={"env_vars": env_vars} if env_vars else None,
                  log_to_driver=True)
     else:
         num_cpus = (cfg.num_cpus if cfg and cfg.num_cpus else None) or os.cpu_count()

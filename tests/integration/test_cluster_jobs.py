@@ -106,20 +106,22 @@ def _submit(head, *args):
 @pytest.mark.slow
 def test_ray_job_submit_runs_persodpo_and_a_resubmission_does_not_duplicate(ray_head, tmp_path):
     root = str(tmp_path / "root")
-    # Every stage, tiny models: the job runs on the head's workers from the uploaded working_dir.
-    args = ["--config", "jobs/configs/tiny.yaml", "--run-id", "jobtest", "--root", root]
+    # Tiny models through pairs (training and evaluation under a job are the same code as in
+    # test_pipeline.py; the suite's time budget): Ray Data stages on the head's workers, code from
+    # the uploaded working_dir, a local model server started by the job's driver.
+    args = ["--config", "jobs/configs/tiny.yaml", "--run-id", "jobtest", "--root", root,
+            "--set", "run.stages=[ingest,generate,score,pairs]"]
     r = _submit(ray_head, *args)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["status"] == "SUCCEEDED" and result["submission_id"] == "persodpo-jobtest-run"
     stages = result["summary"]["stages"]
-    assert result["summary"]["ok"] and list(stages) == ["ingest", "generate", "score", "pairs", "train", "evaluate"]
+    assert result["summary"]["ok"] and list(stages) == ["ingest", "generate", "score", "pairs"]
     assert all(s["status"] == "ran" for s in stages.values()), stages
     run = st.join(root, "runs", "jobtest")
     for stage in stages:
         assert st.is_complete(st.join(run, stage)), stage
-    assert stages["train"]["global_step"] == 6 and stages["pairs"]["n_pairs"] > 0
-    assert os.path.exists(os.path.join(run, "evaluate", "report.md"))
+    assert stages["generate"]["errors"] == 0 and stages["pairs"]["n_pairs"] > 0
 
     again = _submit(ray_head, *args)
     assert again.returncode == 0 and "already exists (SUCCEEDED)" in again.stderr

@@ -96,7 +96,7 @@ def test_a_killed_api_generation_actor_loses_and_duplicates_nothing(ray_local, p
     expected = planned_ids([r["prompt_id"] for r in st.read_table(prompts).to_pylist()], "api", 2)
     assert len(ids) == len(set(ids)) == len(expected) == 80          # 0 duplicated
     assert set(ids) == set(expected)                                 # 0 lost
-    assert summary["errors"] == 0 and set(t.column("parse_status").to_pylist()) == {"valid"}
+    assert summary["errors"] == 0 and "error" not in set(t.column("parse_status").to_pylist())
     assert killed and requests > 80     # the killed actor's in-flight requests were sent again
     print(json.dumps({"killed_pid": killed, "rows": len(ids), "requests": requests, "resent": requests - 80}))
 
