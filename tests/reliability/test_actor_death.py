@@ -41,10 +41,11 @@ def _session_workers(ray_local, title: str) -> list[psutil.Process]:
     for pid in raylets:
         for child in psutil.Process(pid).children(recursive=True):
             try:
-                if child.cmdline() and child.cmdline()[0].startswith(title):
-                    found.append(child)
-            except psutil.NoSuchProcess:
-                continue
+                cmd = child.cmdline()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue   # exited between the listing and the look
+            if cmd and cmd[0].startswith(title):
+                found.append(child)
     return found
 
 

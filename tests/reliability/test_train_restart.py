@@ -38,8 +38,14 @@ def test_a_killed_train_worker_is_restarted_from_the_last_checkpoint(tmp_path):
         while time.time() < deadline and proc.poll() is None and killed is None:
             snaps = list((out / "checkpoints").glob("*/checkpoint_manager_snapshot.json"))
             if snaps and "checkpoint-0000003" in snaps[0].read_text():
-                workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                           if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker")]
+                workers = []
+                for p in psutil.Process(proc.pid).children(recursive=True):
+                    try:
+                        cmd = p.cmdline()
+                    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                        continue
+                    if cmd and cmd[0].startswith("ray::RayTrainWorker"):
+                        workers.append(p)
                 if workers:
                     workers[-1].send_signal(signal.SIGKILL)
                     killed = workers[-1].pid
