@@ -1,5 +1,5 @@
-"""Secrets are never written: `persodpo run` of every stage up to train (jobs/configs/tiny.yaml) with its run
-root on a real S3 server (real credentials in play) and an LLM judge whose API key comes from the
+"""Secrets are never written: `persodpo run` of ingest through train (jobs/configs/tiny.yaml) with
+its run root on a real S3 server (real credentials in play) and an LLM judge whose API key comes from the
 environment (its endpoint fails some requests, so error messages are written too); then every
 byte the run wrote is searched for the key and the S3 credentials: every object under the run
 root (Parquet, manifests, data card, judge cache, train checkpoints), the driver's stdout and
