@@ -60,6 +60,34 @@ def _status(client, sid) -> str | None:
     return getattr(status, "value", str(status))
 
 
+# What Ray's job server answers while the head's dashboard agent is still starting (a fresh head,
+# or a head restarted by KubeRay): the submission was not taken, and Ray says to try again later.
+TRANSIENT = ("No available agent", "please try again later")
+
+
+def submit_with_retry(client, sid: str, *, wait_s: float = 180.0, sleep=time.sleep, **kwargs) -> str:
+    """``client.submit_job`` that waits out a job server not yet ready to take jobs.
+
+    Returns the status of a job with ``sid`` if one appeared meanwhile (never submits twice),
+    else "SUBMITTED". Any other error, or the same one past ``wait_s``, is raised as is."""
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            client.submit_job(submission_id=sid, **kwargs)
+            return "SUBMITTED"
+        except RuntimeError as exc:
+            if not any(t in str(exc) for t in TRANSIENT) or time.monotonic() + delay > deadline:
+                raise
+            print(f"submit: job server not ready ({str(exc).strip()[:120]}); retrying in {delay:.0f} s",
+                  file=sys.stderr)
+        sleep(delay)
+        delay = min(delay * 2, 15.0)
+        existing = _status(client, sid)
+        if existing is not None:
+            return existing
+
+
 def pick_submission(client, run_id: str, stage: str | None) -> tuple[str, str | None]:
     """(submission id to use, status of an existing job with that id or None)."""
     attempt = 1
@@ -101,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     client = JobSubmissionClient(args.address)
     sid, status = pick_submission(client, args.run_id, args.stage)
     if status is None:
-        client.submit_job(entrypoint=entrypoint(args, config_rel), submission_id=sid, runtime_env=env,
+        submit_with_retry(client, sid, entrypoint=entrypoint(args, config_rel), runtime_env=env,
                           metadata={"persodpo_run_id": args.run_id, "persodpo_stage": args.stage or "run"})
         print(f"submit: submitted {sid}", file=sys.stderr)
     else:
