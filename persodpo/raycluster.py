@@ -31,9 +31,9 @@ def _job_env_vars() -> dict:
     """The env_vars of the runtime env of the Ray job this driver runs in ({} outside a job)."""
     import json
 
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    text = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    # The job supervisor hands a submitted driver its job config under this name (Ray 2.x,
+    # ray._private.runtime_env.constants); read by name so no private module is imported.
+    text = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not text:
         return {}
     try:
