@@ -10,8 +10,8 @@ vllm: the same prompts and model (SmolLM2-135M-Instruct, packaged) through bare 
       besides wall-clock tokens/s, each side's CPU seconds (its whole process tree, from /proc)
       over the same window give tokens per CPU-second, which other users' load does not distort.
 api:  requests/s our stage achieves against the loopback OpenAI server with injected latency,
-      versus the ideal min(actors * in-flight / latency, rpm / 60), measured on the server (first
-      request arrival to last response).
+      versus the ideal min(actors * in-flight / latency, rpm / 60), measured on the server: end to
+      end (first request arrival to last response) and steady (5th to 95th percentile arrival).
 
     .venv/bin/python bench/generate.py vllm --repeats 3
     .venv/bin/python bench/generate.py vllm --ray-default-stages     # ray.data.llm's default stages
@@ -245,18 +245,21 @@ def bench_api(args) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-gen-api-"))
     prompts = _prompts_table(work)
-    cases = [
-        {"actors": 1, "in_flight": 16, "rpm": None},
-        {"actors": 2, "in_flight": 16, "rpm": None},
-        {"actors": 2, "in_flight": 16, "rpm": 1200},
-    ]
+    # ACTORSxIN_FLIGHT[@RPM]. litellm spends ~6 ms of CPU per request in the actor's one event
+    # loop, so replies that arrive together are handled one after another: 4x8 has the ideal of
+    # 2x16 with half the queue per actor.
+    cases = []
+    for spec in args.cases.split(","):
+        shape, _, rpm = spec.partition("@")
+        actors, in_flight = (int(x) for x in shape.split("x"))
+        cases.append({"actors": actors, "in_flight": in_flight, "rpm": float(rpm) if rpm else None})
     report = []
     for case in cases:
         ideal = case["actors"] * case["in_flight"] / args.latency
         if case["rpm"]:
             ideal = min(ideal, case["rpm"] / 60)
         n = max(args.requests, int(ideal * args.seconds))
-        achieved = []
+        achieved, steady = [], []
         for i in range(args.repeats):
             with OpenAIServer(echo_json(), latency_s=args.latency) as server:
                 out = str(work / f"out-{len(report)}-{i}")
@@ -272,14 +275,20 @@ def bench_api(args) -> None:
                 times = sorted(server.times)
             window = times[-1] + args.latency - times[0]
             rate = len(times) / window
+            # Steady state: request arrivals from the 5th to the 95th percentile (without actor
+            # start-up and the last partial wave), as bench/score.py (c) reports for judges.
+            lo, hi = int(0.05 * len(times)), int(0.95 * len(times)) - 1
+            steady_rate = (hi - lo) / (times[hi] - times[lo])
             achieved.append(rate)
+            steady.append(steady_rate)
             r = {"case": case, "requests": len(times), "rows": summary["rows"], "errors": summary["errors"],
-                 "ideal_rps": ideal, "achieved_rps": rate, "ratio": rate / ideal, "stage_wall_s": wall,
+                 "ideal_rps": ideal, "achieved_rps": rate, "ratio": rate / ideal,
+                 "steady_rps": steady_rate, "steady_ratio": steady_rate / ideal, "stage_wall_s": wall,
                  "load_avg": _load()}
             print(json.dumps(r), flush=True)
         med = statistics.median(achieved)
         report.append({**case, "latency_s": args.latency, "ideal_rps": ideal, "median_rps": med,
-                       "ratio": med / ideal, "target": 0.90})
+                       "ratio": med / ideal, "steady_ratio": statistics.median(steady) / ideal, "target": 0.90})
     print(json.dumps({"bench": "api", "cases": report}, indent=1))
 
 
@@ -301,6 +310,8 @@ def main() -> None:
                    help="ray.data.llm's ChatTemplate/Tokenize/Detokenize stages on (the baseline set-up)")
     p.add_argument("--latency", type=float, default=0.5, help="api: server latency per request")
     p.add_argument("--seconds", type=float, default=15.0, help="api: aim for this long at the ideal rate")
+    p.add_argument("--cases", default="1x16,2x16,2x16@1200,4x8",
+                   help="api: ACTORSxIN_FLIGHT[@RPM] per case, comma-separated")
     p.add_argument("--prompts", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.what == "_bare":
