@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     client = JobSubmissionClient(args.address)
     sid, status = pick_submission(client, args.run_id, args.stage)
     if status is None:
-        submit_with_retry(client, sid, entrypoint=entrypoint(args, config_rel), runtime_env=env,
-                          metadata={"persodpo_run_id": args.run_id, "persodpo_stage": args.stage or "run"})
-        print(f"submit: submitted {sid}", file=sys.stderr)
+        outcome = submit_with_retry(client, sid, entrypoint=entrypoint(args, config_rel), runtime_env=env,
+                                    metadata={"persodpo_run_id": args.run_id, "persodpo_stage": args.stage or "run"})
+        print(f"submit: submitted {sid}" if outcome == "SUBMITTED" else
+              f"submit: {sid} appeared while the job server was starting ({outcome}); following it", file=sys.stderr)
     else:
         print(f"submit: {sid} already exists ({status}); following it instead of submitting a duplicate",
               file=sys.stderr)

@@ -55,7 +55,8 @@ def init_ray(cfg: "RaySection | None" = None):
     env_vars = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
     # Under `ray job submit` the job's runtime env already reaches every worker, and Ray refuses a
     # driver runtime env that names one of its variables again.
-    env_vars = {k: v for k, v in env_vars.items() if k not in _job_env_vars()}
+    job_vars = _job_env_vars()
+    env_vars = {k: v for k, v in env_vars.items() if k not in job_vars}
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, namespace=namespace, runtime_env={"env_vars": env_vars} if env_vars else None,

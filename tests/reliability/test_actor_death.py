@@ -20,6 +20,7 @@ from persodpo.config import load_config
 from persodpo.generate.config import GeneratorConfig
 from persodpo.generate.requests import planned_ids
 from tests.support.openai_server import OpenAIServer, echo_json
+from tests.support.procs import descendants_titled
 from tests.support.score_data import make_candidates, write_output
 
 pytestmark = pytest.mark.slow
@@ -36,17 +37,7 @@ def _session_workers(ray_local, title: str) -> list[psutil.Process]:
     """Worker processes of *this* session's raylet whose process title starts with ``title``
     (other Ray sessions on the machine are left alone)."""
     node = ray_local._private.worker._global_node
-    raylets = [p.process.pid for p in node.all_processes.get("raylet", [])]
-    found = []
-    for pid in raylets:
-        for child in psutil.Process(pid).children(recursive=True):
-            try:
-                cmd = child.cmdline()
-            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-                continue   # exited between the listing and the look
-            if cmd and cmd[0].startswith(title):
-                found.append(child)
-    return found
+    return descendants_titled([p.process.pid for p in node.all_processes.get("raylet", [])], title)
 
 
 def _kill_one_when(ray_local, title: str, ready, deadline_s: float = 240) -> int:

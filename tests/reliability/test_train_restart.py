@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from persodpo.train.synthetic import easy_pairs, write_pairs
 from tests.integration.test_train_stage import N_PAIRS, REPO, STEPS, TRAIN, _single_process_losses
+from tests.support.procs import descendants_titled
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +38,7 @@ def test_a_killed_train_worker_is_restarted_from_the_last_checkpoint(tmp_path):
         while time.time() < deadline and proc.poll() is None and killed is None:
             snaps = list((out / "checkpoints").glob("*/checkpoint_manager_snapshot.json"))
             if snaps and "checkpoint-0000003" in snaps[0].read_text():
-                workers = []
-                for p in psutil.Process(proc.pid).children(recursive=True):
-                    try:
-                        cmd = p.cmdline()
-                    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-                        continue
-                    if cmd and cmd[0].startswith("ray::RayTrainWorker"):
-                        workers.append(p)
+                workers = descendants_titled([proc.pid], "ray::RayTrainWorker")
                 if workers:
                     workers[-1].send_signal(signal.SIGKILL)
                     killed = workers[-1].pid
