@@ -35,7 +35,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
 demo: venv
-	$(PY) -m persodpo run --config jobs/configs/demo.yaml
+	$(PY) -m persodpo run
 
 bench: venv
 	@echo "benchmarks are run by hand: see bench/README.md"

@@ -1,12 +1,13 @@
 """The ``persodpo`` command: one subcommand per stage, plus ``run`` (all stages in one Ray job).
 
     persodpo ingest   --source focus --input FoCus/train.json --output s3://bucket/prompts
-    persodpo generate --config jobs/configs/demo.yaml --input PROMPTS --output CANDIDATES
+    persodpo generate --config jobs/configs/tiny.yaml --input PROMPTS --output CANDIDATES
     persodpo score    --config C --input CANDIDATES --prompts PROMPTS --output SCORES
     persodpo pairs    --config C --input SCORES --candidates CANDIDATES --prompts PROMPTS --output PAIRS
     persodpo train    --config C --input PAIRS --output CHECKPOINTS --set train.zero_stage=3
     persodpo evaluate --config C --input CHECKPOINTS --output EVAL
-    persodpo run      --config jobs/configs/demo.yaml --run-id demo
+    persodpo run      --run-id demo      (no --config: the embedded default, persodpo/data/demo.yaml)
+    persodpo check    --config C         (whole-config checks, nothing runs)
 
 Flags are shorthands for dotted overrides (``--output X`` is ``--set <stage>.output=X``).
 Progress goes to stderr; the last line on stdout is one JSON summary. Exit code 0 only on
@@ -34,6 +35,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
     "train": [("--input", "input", {}), ("--output", "output", {})],
     "evaluate": [("--input", "input", {}), ("--output", "output", {})],
     "run": [("--run-id", "run_id", {}), ("--root", "root", {})],
+    "check": [],
 }
 HELP = {
     "ingest": "FoCus JSON / PersoBench CSV / the authors' data folder -> prompts",
@@ -42,7 +44,8 @@ HELP = {
     "pairs": "scores -> DPO preference pairs + data card",
     "train": "pairs -> DPO fine-tuned model (TRL + DeepSpeed ZeRO on Ray Train)",
     "evaluate": "held-out generation, scoring and report",
-    "run": "all stages in one Ray job under ROOT/runs/RUN_ID/",
+    "run": "all stages in one Ray job under ROOT/runs/RUN_ID/ (no --config: the embedded default)",
+    "check": "check a config as a whole (recipe columns, word limit, splits) without running anything",
 }
 
 
@@ -60,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, key, kw in flags:
             p.add_argument(flag, dest=f"flag_{key}", **kw)
     return parser
+
+
+def default_run_config() -> str:
+    """The embedded default run (what `make demo` runs): bundled sample, packaged models, offline."""
+    from importlib import resources
+
+    return str(resources.files("persodpo") / "data" / "demo.yaml")
+
+
+def _check(cfg) -> dict:
+    from persodpo.check import check_config
+
+    checks = check_config(cfg)
+    for c in checks:
+        print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" + (f" [{c.key}]" if c.key and not c.ok else ""),
+              file=sys.stderr)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        from persodpo.errors import ConfigError
+
+        raise ConfigError(f"{len(failed)} of {len(checks)} checks failed: " +
+                          "; ".join(f"{c.name}: {c.detail}" for c in failed), key=failed[0].key)
+    return {"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -111,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from persodpo.config import load_config
 
-        cfg = load_config(args.config, _overrides(args))
-        if args.command == "run":
+        config = args.config or (default_run_config() if args.command in ("run", "check") else None)
+        cfg = load_config(config, _overrides(args))
+        if args.command == "check":
+            summary = _check(cfg)
+        elif args.command == "run":
             module = importlib.import_module("persodpo.pipeline")
             summary = module.run_pipeline(cfg)
         else:

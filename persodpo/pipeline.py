@@ -1,8 +1,10 @@
 """``persodpo run``: every stage in one Ray job under ``ROOT/runs/RUN_ID/<stage>/``.
 
 Each stage's inputs and outputs are wired to the run directory. A stage whose output is
-complete (``_SUCCESS``) with the same config hash, and whose upstream stages were all reused,
-is skipped; so a crashed run rerun with the same id continues where it stopped.
+complete (``_SUCCESS``) with the lineage it would have now (its config hash chained with the
+lineage of what it reads, from the ingest input's content up: :mod:`persodpo.lineage`), and whose
+upstream stages were all reused, is skipped; so a crashed run rerun with the same id continues
+where it stopped, and a changed setting or input recomputes everything below it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import os
 import time
 
 from persodpo import storage as st
-from persodpo.config import STAGES, PersoDPOConfig, section_hash
+from persodpo.config import STAGES, PersoDPOConfig
+from persodpo.manifest import is_current
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,17 @@ def wire(cfg: PersoDPOConfig) -> PersoDPOConfig:
 
 
 def _reusable(cfg: PersoDPOConfig, stage: str) -> bool:
+    """Complete, and made from exactly what the stage would read now with this config (lineage)."""
     uri = getattr(cfg, stage).output
     marker = st.join(uri, "prompts") if stage == "ingest" and cfg.ingest.source == "persodpo-authors" else uri
-    if not st.is_complete(marker, cfg.storage):
-        return False
-    return st.read_manifest(marker, cfg.storage).get("config_hash") == section_hash(cfg, stage)
+    return is_current(marker, cfg, stage)
 
 
 def run_pipeline(cfg: PersoDPOConfig) -> dict:
-    cfg = wire(cfg)
+    from persodpo.check import align_word_limits, raise_on_problems
+
+    cfg = align_word_limits(wire(cfg))
+    raise_on_problems(cfg)  # a config whose parts do not fit fails now, not after minutes of work
     t0 = time.time()
     stages: dict[str, dict] = {}
     upstream_reused = True
@@ -65,7 +70,7 @@ def run_pipeline(cfg: PersoDPOConfig) -> dict:
             stages[stage] = {"status": "not implemented yet"}
             break
         if upstream_reused and _reusable(cfg, stage):
-            log.info("%s: complete output with the same config hash, reusing %s", stage, getattr(cfg, stage).output)
+            log.info("%s: complete output with the same lineage, reusing %s", stage, getattr(cfg, stage).output)
             stages[stage] = {"status": "reused", "output": getattr(cfg, stage).output}
             continue
         upstream_reused = False

@@ -52,7 +52,9 @@ def _local_model_dir(uri: str, cfg: PersoDPOConfig) -> str:
     from persodpo.models import cache_dir
 
     fs, path = st.resolve(uri, cfg.storage)
-    dest = cache_dir() / "eval-models" / contracts._h(uri)
+    # Keyed on what the folder holds (a train output's lineage), not its URI: a model retrained
+    # into the same URI is fetched again.
+    dest = cache_dir() / "eval-models" / model_version(uri, cfg)
     if (dest / ".complete").exists():
         return str(dest)
     import pyarrow.fs as pafs
@@ -68,6 +70,16 @@ def _local_model_dir(uri: str, cfg: PersoDPOConfig) -> str:
             out.write(src.read())
     (dest / ".complete").write_text("ok\n")
     return str(dest)
+
+
+def model_version(uri: str, cfg: PersoDPOConfig) -> str:
+    """A short id of the weights at ``uri``: its lineage when it is a stage output, else a
+    fingerprint of its files (sizes and modification times)."""
+    from persodpo.lineage import digest, input_fingerprint, of_manifest
+
+    if st.is_complete(uri, cfg.storage):
+        return digest([uri, of_manifest(st.read_manifest(uri, cfg.storage))])
+    return digest([uri, input_fingerprint(uri, cfg.storage)])
 
 
 def models_to_evaluate(cfg: PersoDPOConfig) -> list[tuple[str, str]]:
@@ -108,7 +120,9 @@ def _generation_config(cfg: PersoDPOConfig, models, prompts_uri: str, out_uri: s
                 g["vllm"] = template.vllm.model_dump()
         gens.append(GeneratorConfig.model_validate(g))
     c.generate = c.generate.model_copy(update={"input": prompts_uri, "output": out_uri, "generators": gens,
-                                               "max_prompts": None, "split": None})
+                                               "max_prompts": None, "split": None,
+                                               # held-out replies of other weights are derived data
+                                               "discard_stale": True})
     return c
 
 
@@ -240,8 +254,11 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                                    "mean_words": None if pd.isna(r["mean_words"]) else round(float(r["mean_words"]), 1)}
                       for _, r in table.iterrows()}
     cost = float(gen_summary.get("cost_usd") or 0) + float(score_summary.get("cost_usd") or 0)
+    from persodpo.lineage import weights_digest
+
+    digests = {name: weights_digest(path, cfg.storage) for name, path in models if "://" in path or os.path.isdir(path)}
     out.commit(stage_manifest(cfg, "evaluate", rows=int(len(df)), models=summary_models, metrics=metrics,
-                              cost_usd=cost))
+                              model_digests=digests, cost_usd=cost))
     return {"stage": "evaluate", "output": e.output, "report": st.join(e.output, "report.md"),
-            "n_prompts": prompts.num_rows, "models": summary_models, "metrics": metrics,
+            "n_prompts": prompts.num_rows, "models": summary_models, "metrics": metrics, "model_digests": digests,
             "cost_usd": round(cost, 6), "wall_time_s": round(time.time() - t0, 2)}

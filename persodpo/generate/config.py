@@ -144,6 +144,8 @@ class GenerateConfig(Section):
     rows_per_part: int = Field(500, ge=1, description="candidates per Parquet part (the unit a resumed run keeps)")
     resume: bool = Field(True, description="keep finished parts of an interrupted run with the same config and "
                                            "generate only the missing candidates")
+    discard_stale: bool = Field(False, description="an output generated from other prompts (another prompts "
+                                                   "lineage) that cost money is deleted instead of refused")
     split: str | None = Field(None, description="answer only prompts of this split (e.g. train, keeping the "
                                                 "held-out split for evaluation); null: all")
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (demos, smoke tests)")

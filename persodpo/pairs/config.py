@@ -20,6 +20,10 @@ from persodpo.sections import Section
 RECIPE_NAMES = ("persodpo", "paper-length-prior", "paper-perso", "simple")
 
 AUTHORS_WORST_CASE = {"coh_unieval": 0.0, "c_score": -1.0, "ue_score": 0.0, "persona_distance": 0.0}
+# `persodpo` on the authors' four columns: coherence (one metric) weighs as much as
+# personalisation (three). The default weights below name what the default score metrics write.
+AUTHORS_PERSODPO_WEIGHTS = {"coh_unieval": 1.0, "c_score": 0.5, "ue_score": 0.25, "persona_distance": 0.25}
+DEFAULT_PERSODPO_WEIGHTS = {"persona_similarity": 1.0, "persona_coverage": 0.5, "ref_rouge_l": 0.5}
 
 
 def _check_weights(v: dict[str, float]) -> dict[str, float]:
@@ -88,10 +92,10 @@ class PersoDPORecipeConfig(Section):
     """Our recipe (the default). Content scores are normalised per prompt and weighted; format
     failures are separate ``pair_type=format`` pairs, never worst-case content scores."""
 
-    # Coherence and personalisation weigh the same by default (coherence has one metric on the
-    # authors' data, personalisation three). Point the keys at the scoring stage's columns.
-    weights: dict[str, float] = Field(default_factory=lambda: {
-        "coh_unieval": 1.0, "c_score": 0.5, "ue_score": 0.25, "persona_distance": 0.25})
+    # The default names columns the default score metrics write (persona similarity and coverage,
+    # ROUGE-L against the gold reply), so a config-less run fits together; `persodpo check` tells
+    # when a weighted column is written by nothing. AUTHORS_PERSODPO_WEIGHTS: the authors' data.
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PERSODPO_WEIGHTS))
     normalize: Literal["prompt-z", "prompt-minmax"] = Field(
         "prompt-z", description="prompt-z: centred per prompt, divided by the metric's pooled within-prompt "
                                 "std (one scale for all prompts); prompt-minmax: min-max within each prompt")

@@ -65,10 +65,15 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     from persodpo.pairs.recipes import get_recipe
     from persodpo.prompting import get_template
 
+    from persodpo.check import follow_candidates_word_limit
+
     c = cfg.pairs
     for key, flag, what in _URIS:
         if not getattr(c, key):
             raise ConfigError(f"no {what} URI (use {flag} or pairs.{key})", key=f"pairs.{key}")
+    # The pairs' prompt must be what the replies answered: the candidates' word limit.
+    cfg = follow_candidates_word_limit(cfg, "pairs", c.candidates)
+    c = cfg.pairs
     recipe = get_recipe(c.recipe)
     rc = recipe.config(c)
     metrics = recipe.metric_columns(c)

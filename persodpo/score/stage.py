@@ -183,6 +183,11 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         if not getattr(c, key):
             flag = "--input" if key == "input" else f"--{key}"
             raise ConfigError(f"no {key} URI (use {flag} or score.{key})", key=f"score.{key}")
+    from persodpo.check import follow_candidates_word_limit
+
+    # Length compliance is measured against the limit the replies were asked for.
+    cfg = follow_candidates_word_limit(cfg, "score", c.input)
+    c = cfg.score
     t0 = time.time()
     metrics = build_metrics(c)
     judges = list(c.judges)

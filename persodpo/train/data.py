@@ -107,6 +107,8 @@ def training_rows(table: pa.Table, *, pair_types: list[str], weights_fn=None) ->
     kept = table.filter(mask).sort_by("pair_id")
     out = kept.select(["prompt", "chosen", "rejected"])
     if weights_fn is not None:
-        w = weights_fn(kept.column("margin").to_numpy(zero_copy_only=False))
+        # Weights are normalised within each pair type: their margins are on different scales.
+        w = weights_fn(kept.column("margin").to_numpy(zero_copy_only=False),
+                       groups=kept.column("pair_type").to_pylist())
         out = out.append_column(WEIGHT, pa.array(w, pa.float64()))
     return out

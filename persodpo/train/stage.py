@@ -10,8 +10,8 @@ Driver side: read and check the pairs (the whole table, before any worker starts
       checkpoints/RUN_NAME/       Ray Train storage: checkpoint-0000050/ ... (resumable)
       _manifest.json, _SUCCESS
 
-A run restarted with the same name (by default a hash of the train section) resumes from the
-newest checkpoint under ``checkpoints/RUN_NAME``.
+A run restarted with the same name (by default a hash of the train section and of the pairs'
+lineage) resumes from the newest checkpoint under ``checkpoints/RUN_NAME``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,15 @@ _NOT_IN_RUN_NAME = {"run_name", "resume", "max_failures", "report_to", "logging_
                     "local_dir", "sync_check", "output", "save_steps", "resources_per_worker", "placement_strategy"}
 
 
-def run_name(cfg: PersoDPOConfig) -> str:
-    return cfg.train.run_name or "dpo-" + section_hash(cfg, "train", exclude=_NOT_IN_RUN_NAME)[:12]
+def run_name(cfg: PersoDPOConfig, pairs_lineage: str = "") -> str:
+    """The Ray Train run (checkpoint folder) this training resumes: the train settings that change
+    what is trained and the lineage of the pairs it reads, so other pairs never resume (or skip to)
+    a checkpoint trained on these."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    from persodpo.lineage import digest
+
+    return "dpo-" + digest([section_hash(cfg, "train", exclude=_NOT_IN_RUN_NAME), pairs_lineage])[:12]
 
 
 def check_input(cfg: PersoDPOConfig, ds) -> dict:
@@ -118,6 +125,9 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     from persodpo.train.worker import train_loop
 
     pairs_manifest = st.read_manifest(c.input, cfg.storage)
+    from persodpo.lineage import of_manifest, weights_digest
+
+    pairs_lineage = of_manifest(pairs_manifest)
     ray = init_ray(cfg.ray)
     _check_tokenizer(resolve_model(c.model), c.model)
     # Materialised on the driver: workers then only fetch blocks, and Ray Data read tasks cannot
@@ -131,7 +141,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
 
     use_gpu = c.use_gpu if c.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     resources = c.resources_per_worker or ({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1})
-    name = run_name(cfg)
+    name = run_name(cfg, pairs_lineage)
     # resume=True keeps checkpoints/ (a restarted run continues from them); only _SUCCESS and the
     # previous run's summary go, so nothing of an older run can pass for this one's result.
     out = st.StageOutput(c.output, cfg.storage, resume=True).begin()
@@ -178,11 +188,12 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     tokens_per_s = [m["tokens_per_s"] for m in history if "tokens_per_s" in m]
     checkpoint = result.checkpoint.path if result.checkpoint else None
     fields = dict(run_name=name, pairs_uri=c.input, pairs=pairs, rows=pairs["used"], model=c.model,
+                  weights_digest=weights_digest(c.output, cfg.storage),
                   checkpoints=st.join(c.output, "checkpoints", name), last_checkpoint=checkpoint,
                   first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                   mean_tokens_per_s=sum(tokens_per_s) / len(tokens_per_s) if tokens_per_s else None,
                   **summary)
-    out.commit(stage_manifest(cfg, "train", **fields))
+    out.commit(stage_manifest(cfg, "train", upstream={"pairs": pairs_lineage}, **fields))
     log.info("train: %s steps, loss %s -> %s, model in %s", summary.get("global_step"), fields["first_loss"],
              fields["last_loss"], c.output)
     return {"stage": "train", "output": c.output, "input": c.input, "run_name": name, "n_pairs": pairs["used"],
@@ -190,4 +201,5 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             "global_step": summary.get("global_step"), "resumed_from_step": summary.get("resumed_from_step"),
             "first_loss": fields["first_loss"], "last_loss": fields["last_loss"], "losses": _thin(losses),
             "mean_tokens_per_s": fields["mean_tokens_per_s"], "sync_check": summary.get("sync_check"),
-            "world_size": summary.get("world_size"), "wall_time_s": round(time.time() - t0, 2)}
+            "world_size": summary.get("world_size"),
+            "weights_digest": fields["weights_digest"], "wall_time_s": round(time.time() - t0, 2)}

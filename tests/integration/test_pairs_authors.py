@@ -15,6 +15,7 @@ import pytest
 from persodpo import storage as st
 from persodpo.config import load_config
 from persodpo.ingest.stage import run_stage as ingest
+from persodpo.pairs.config import AUTHORS_PERSODPO_WEIGHTS
 from persodpo.pairs.stage import run_stage
 
 
@@ -30,7 +31,8 @@ def run(authors, tmp_path, recipe, *extra):
     out = str(tmp_path / recipe)
     summary = run_stage(load_config(None, [
         f"pairs.input={authors / 'scores'}", f"pairs.candidates={authors / 'candidates'}",
-        f"pairs.prompts={authors / 'prompts'}", f"pairs.output={out}", f"pairs.recipe={recipe}", *extra]))
+        f"pairs.prompts={authors / 'prompts'}", f"pairs.output={out}", f"pairs.recipe={recipe}",
+        f"pairs.persodpo.weights={json.dumps(AUTHORS_PERSODPO_WEIGHTS)}", *extra]))
     stats = json.loads(st.read_bytes(st.join(out, "stats.json")))
     return summary, st.read_table(out).to_pandas(), stats
 

@@ -8,6 +8,7 @@ values, with no duplicates; finished stages are reused, not redone."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -34,10 +35,10 @@ def ray_address(ray_local):
     return ray_local.get_runtime_context().gcs_address
 
 
-def _start(root: Path, address: str, log: Path) -> subprocess.Popen:
+def _start(root: Path, address: str, log: Path, *sets: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = [sys.executable, "-m", "persodpo", "run", "--config", CONFIG, "--set", f"run.root={root}",
-            "--set", f"ray.address={address}"]
+            "--set", f"ray.address={address}", *sets]
     with open(log, "ab") as err:
         return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
                                 start_new_session=True)
@@ -118,3 +119,23 @@ def test_a_run_killed_in_three_stages_ends_with_the_tables_of_an_uninterrupted_r
     losses = [m["loss"] for m in trained["history"] if "loss" in m]
     ref_losses = [m["loss"] for m in ref_trained["history"] if "loss" in m]
     assert len(losses) == 6 and losses == pytest.approx(ref_losses, rel=1e-5)
+
+    # Lineage, on the finished reference run: an unchanged rerun reuses every stage; other pairs
+    # (a changed recipe setting) retrain from the base model, not from the old run's checkpoints,
+    # and evaluate fetches and scores the new weights (checked by their digest).
+    ref_log = tmp_path / "ref.log"
+    same = _finish(_start(ref_root, ray_address, ref_log), ref_log)
+    assert {s["status"] for s in same["stages"].values()} == {"reused"}, same["stages"]
+    old_train = st.read_manifest(str(ref_run / "train"))
+    changed = _finish(_start(ref_root, ray_address, ref_log, "--set", "pairs.persodpo.max_pairs_per_prompt=1"), ref_log)
+    status = {k: v["status"] for k, v in changed["stages"].items()}
+    assert status == {"ingest": "reused", "generate": "reused", "score": "reused", "pairs": "ran", "train": "ran",
+                      "evaluate": "ran"}, status
+    train = changed["stages"]["train"]
+    assert train["run_name"] != old_train["run_name"] and train["resumed_from_step"] is None
+    # Step 1's loss is ln 2 only when the policy still equals the reference: the base model.
+    assert train["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    new_train = st.read_manifest(str(ref_run / "train"))
+    assert new_train["lineage"]["upstream"]["pairs"] == st.read_manifest(str(ref_run / "pairs"))["lineage"]["hash"]
+    assert new_train["weights_digest"] != old_train["weights_digest"]
+    assert changed["stages"]["evaluate"]["model_digests"]["dpo"] == new_train["weights_digest"]

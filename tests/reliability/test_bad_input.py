@@ -23,6 +23,7 @@ import pytest
 from persodpo import contracts
 from persodpo import storage as st
 from persodpo.cli import main
+from persodpo.pairs.config import AUTHORS_PERSODPO_WEIGHTS
 from persodpo.ingest.stage import bundled_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +148,8 @@ def _pairs_unknown_candidate(tmp: Path):
     uris["scores"] = _commit(str(tmp / "scores-ghost"), pa.Table.from_pylist(scores, schema=contracts.scores_schema(
         ["coh_unieval", "c_score", "ue_score", "persona_distance"])))
     return (["pairs", "--input", uris["scores"], "--candidates", uris["candidates"], "--prompts", uris["prompts"],
-             "--set", "pairs.plots=false"], [uris["scores"], "ghost-candidate", "field 'candidate_id'"])
+             "--set", "pairs.plots=false", "--set", f"pairs.persodpo.weights={json.dumps(AUTHORS_PERSODPO_WEIGHTS)}"],
+            [uris["scores"], "ghost-candidate", "field 'candidate_id'"])
 
 
 def _prompts_table() -> pa.Table:

@@ -14,6 +14,7 @@ from persodpo import contracts
 from persodpo import storage as st
 from persodpo.config import load_config
 from persodpo.errors import ConfigError, InputError
+from persodpo.pairs.config import AUTHORS_PERSODPO_WEIGHTS
 from persodpo.pairs.stage import run_stage
 from persodpo.prompting import build_messages
 
@@ -74,7 +75,7 @@ def write_inputs(root, candidates: list[dict] | None = None, prompts: list[str] 
 def cfg_for(uris, output, recipe="persodpo", *extra):
     return load_config(None, [f"pairs.input={uris['scores']}", f"pairs.candidates={uris['candidates']}",
                               f"pairs.prompts={uris['prompts']}", f"pairs.output={output}", f"pairs.recipe={recipe}",
-                              "pairs.plots=false", *extra])
+                              "pairs.plots=false", f"pairs.persodpo.weights={json.dumps(AUTHORS_PERSODPO_WEIGHTS)}", *extra])
 
 
 def test_persodpo_output_is_the_pairs_contract_with_the_exact_prompt(tmp_path):

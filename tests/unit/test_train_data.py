@@ -65,9 +65,13 @@ def test_training_rows_are_ordered_filtered_and_weighted():
     a = training_rows(t, pair_types=["content"])
     b = training_rows(shuffled, pair_types=["content"])
     assert a.equals(b) and a.num_rows == 9 and a.column_names == ["prompt", "chosen", "rejected"]
-    w = training_rows(t, pair_types=["content", "format"], weights_fn=lambda m: margin_weights(m, "linear"))
+    w = training_rows(t, pair_types=["content", "format"],
+                      weights_fn=lambda m, groups: margin_weights(m, "linear", groups=groups))
     assert w.column_names[-1] == WEIGHT
-    assert w.column(WEIGHT).to_numpy().mean() == pytest.approx(1.0)
+    kept = t.sort_by("pair_id")
+    weights, types = w.column(WEIGHT).to_numpy(), kept.column("pair_type").to_pylist()
+    for pair_type in set(types):   # mean 1 within each pair type
+        assert weights[[x == pair_type for x in types]].mean() == pytest.approx(1.0)
 
 
 def test_model_card_names_pairs_recipe_config_and_metrics():

@@ -26,6 +26,31 @@ def test_linear_is_mean_normalised_and_clipped():
     assert w.tolist()[0] == 0.2 and w.tolist()[2] == 2.0
 
 
+def test_each_pair_type_is_normalised_on_its_own_and_keeps_mean_one_after_clipping():
+    margins = [1.0, 1.0, 1.0, 0.05, 0.4, 3.0, 9.0]          # format pairs: 1.0; content: z units
+    types = ["format"] * 3 + ["content"] * 4
+    for mode in ("linear", "sigmoid"):
+        w = margin_weights(margins, mode, lo=0.25, hi=2.0, groups=types)
+        fmt, content = w[:3], w[3:]
+        assert np.allclose(fmt, 1.0)                           # equal margins: equal weights
+        assert np.isclose(content.mean(), 1.0, atol=1e-9) and content.min() >= 0.25 and content.max() <= 2.0
+        assert np.all(np.diff(content) >= 0)                   # still monotone in the margin
+    w = margin_weights(margins, "linear", lo=0.25, hi=2.0, groups=types)
+    assert w[-1] == 2.0 and w[3] == 0.25                       # clipped at both ends, mean still 1
+    # Without groups the content margins would be scaled by the format ones: not the same weights.
+    assert not np.allclose(margin_weights(margins, "linear", lo=0.25, hi=2.0)[3:], w[3:])
+
+
+def test_sigmoid_spread_is_at_most_two_before_clipping():
+    w = margin_weights([0.0, 0.01, 100.0], "sigmoid", scale=1.0, lo=0.01, hi=100.0)
+    assert w.max() / w.min() <= 2.0 + 1e-9 and np.isclose(w.mean(), 1.0)
+
+
+def test_weight_bounds_must_contain_one():
+    with pytest.raises(ValueError, match="must contain 1"):
+        margin_weights([0.1, 0.2], "linear", lo=1.5, hi=3.0)
+
+
 def test_sigmoid_is_monotone_and_saturates():
     w = margin_weights([0.0, 0.5, 5.0, 50.0], "sigmoid", scale=0.5)
     assert np.all(np.diff(w) >= 0) and np.isclose(w[2], w[3], rtol=1e-3)

@@ -1,0 +1,145 @@
+"""Whole-config checks, before anything runs (``persodpo run`` and ``persodpo check``).
+
+A stage section can be valid on its own and still not fit the others: a recipe weighting a
+metric column that no configured metric or judge writes fails the pairs stage after minutes of
+generation and scoring. These checks read only the configuration (no data, no Ray, no model) and
+name the dotted config key of every problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from persodpo.config import PersoDPOConfig
+from persodpo.errors import ConfigError
+
+# Columns the authors'-data import writes into its scores table (persodpo.ingest.authors).
+AUTHORS_SCORE_COLUMNS = ("coh_unieval", "c_score", "ue_score", "persona_distance")
+# Stages that apply one word limit: the generator asked for it, score measures against it and
+# pairs writes it into the pair's prompt. Keys other than the generate one follow it unless set.
+WORD_LIMIT_KEYS = ("score.word_limit", "pairs.word_limit")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    key: str | None = None
+
+
+def score_columns(cfg: PersoDPOConfig) -> list[str]:
+    """Every score column the configured metrics and judge panel write."""
+    from persodpo.score.batch import panel_columns
+    from persodpo.score.registry import build_metrics, columns_of
+
+    cols = columns_of(build_metrics(cfg.score))
+    judges = [j.name for j in cfg.score.judges]
+    dims = list(cfg.score.panel.dimensions)
+    if judges:
+        cols += panel_columns(judges, dims)
+    return cols
+
+
+def _explicit(cfg: PersoDPOConfig, dotted: str) -> bool:
+    section, _, field = dotted.partition(".")
+    return field in getattr(cfg, section).model_fields_set
+
+
+def align_word_limits(cfg: PersoDPOConfig) -> PersoDPOConfig:
+    """One word limit for a run: score and pairs take generate's unless set; a set value that
+    differs is an error naming both keys (the pairs' prompt would differ from what was asked)."""
+    limit = cfg.generate.word_limit
+    for dotted in WORD_LIMIT_KEYS:
+        section, _, field = dotted.partition(".")
+        value = getattr(getattr(cfg, section), field)
+        if _explicit(cfg, dotted) and value != limit:
+            raise ConfigError(f"{value} differs from generate.word_limit={limit}: the replies were asked for "
+                              f"{limit} words; leave {dotted} unset (it follows generate.word_limit) or set both "
+                              "to the same value", key=dotted)
+        if value != limit:
+            setattr(getattr(cfg, section), field, limit)
+    return cfg
+
+
+def generated_word_limit(candidates_uri: str, storage) -> int | None:
+    """The word limit a candidates table's replies were asked for (its generate manifest)."""
+    from persodpo import storage as st
+
+    try:
+        manifest = st.read_manifest(candidates_uri, storage)
+    except Exception:  # noqa: BLE001 - not a generate output (e.g. the authors' import): unknown
+        return None
+    value = manifest.get("word_limit", (manifest.get("config") or {}).get("word_limit"))
+    return int(value) if value is not None else None
+
+
+def follow_candidates_word_limit(cfg: PersoDPOConfig, section: str, candidates_uri: str | None) -> PersoDPOConfig:
+    """A standalone score/pairs stage: an unset word limit follows the candidates' generate
+    manifest; a set one that differs from it is an error naming the key and the manifest."""
+    if not candidates_uri:
+        return cfg
+    limit = generated_word_limit(candidates_uri, cfg.storage)
+    if limit is None:
+        return cfg
+    sec = getattr(cfg, section)
+    if "word_limit" in sec.model_fields_set and sec.word_limit != limit:
+        raise ConfigError(f"{sec.word_limit} differs from the word limit the candidates were asked for ({limit}, "
+                          f"generate manifest of {candidates_uri}); leave it unset to follow the candidates",
+                          key=f"{section}.word_limit")
+    if sec.word_limit != limit:
+        cfg = cfg.model_copy(deep=True)
+        getattr(cfg, section).word_limit = limit
+    return cfg
+
+
+def check_config(cfg: PersoDPOConfig) -> list[Check]:
+    """Every whole-config check, passed or not (``persodpo check`` prints them all)."""
+    from persodpo.pairs.recipes import get_recipe
+
+    checks: list[Check] = []
+    stages = set(cfg.run.stages)
+    authors = cfg.ingest.source == "persodpo-authors"
+    try:
+        produced = score_columns(cfg)
+        checks.append(Check("score columns", True, f"metrics and judges write {len(produced)} columns: "
+                                                   + ", ".join(produced)))
+    except ValueError as exc:
+        return [Check("score columns", False, str(exc), "score.metrics")]
+    available = set(produced) | (set(AUTHORS_SCORE_COLUMNS) if authors and "score" not in stages else set())
+
+    recipe = get_recipe(cfg.pairs.recipe)
+    weights = dict(getattr(recipe.config(cfg.pairs), "weights", {}) or {})
+    key = f"pairs.{recipe.section}.weights"
+    missing = [m for m in weights if m not in available]
+    if "pairs" in stages or "train" in stages:
+        if missing:
+            dims = cfg.score.panel.dimensions
+            hint = ""
+            if any(m.startswith("judge_") for m in missing):
+                hint = (f" (judge columns need score.judges and a dimension in score.panel.dimensions={dims})"
+                        if cfg.score.judges else " (no score.judges are configured)")
+            checks.append(Check("recipe weights", False,
+                                f"{', '.join(missing)} weighted by recipe {recipe.name!r} but written by no configured "
+                                f"metric or judge{hint}; available: {sorted(available)}", key))
+        else:
+            checks.append(Check("recipe weights", True, f"{recipe.name}: {sorted(weights)} are all written"))
+    for dotted in WORD_LIMIT_KEYS:
+        section, _, field = dotted.partition(".")
+        value = getattr(getattr(cfg, section), field)
+        if _explicit(cfg, dotted) and value != cfg.generate.word_limit:
+            checks.append(Check("word limit", False, f"{value} differs from generate.word_limit="
+                                                     f"{cfg.generate.word_limit}", dotted))
+    if not any(c.name == "word limit" for c in checks):
+        checks.append(Check("word limit", True, f"one word limit: {cfg.generate.word_limit}"))
+    if "evaluate" in stages and cfg.evaluate.split is not None and cfg.generate.split == cfg.evaluate.split:
+        checks.append(Check("held-out split", False, f"generate answers split {cfg.generate.split!r}, which "
+                                                     "evaluate uses as held-out", "evaluate.split"))
+    return checks
+
+
+def raise_on_problems(cfg: PersoDPOConfig) -> None:
+    """Raise the first failed check as a ConfigError naming its key (``persodpo run``)."""
+    for c in check_config(cfg):
+        if not c.ok:
+            raise ConfigError(f"{c.name}: {c.detail}", key=c.key)
