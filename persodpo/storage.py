@@ -78,7 +78,8 @@ def resolve(uri: str, storage: "StorageSection | None" = None) -> tuple[pafs.Fil
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
-def _explain(uri: str, exc: BaseException) -> StorageError:
+def explain_error(uri: str, exc: BaseException) -> StorageError:
+    """A StorageError for a failed storage call, with a hint for the usual causes (no credentials in it)."""
     text = str(exc)
     hint = ""
     if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ACCESS_DENIED", "AccessDenied", "403")):
@@ -100,7 +101,7 @@ def exists(uri: str, storage: "StorageSection | None" = None) -> bool:
     try:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except OSError as exc:
-        raise _explain(uri, exc) from None
+        raise explain_error(uri, exc) from None
 
 
 def is_complete(uri: str, storage: "StorageSection | None" = None) -> bool:
@@ -116,7 +117,7 @@ def read_bytes(uri: str, storage: "StorageSection | None" = None) -> bytes:
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found") from None
     except OSError as exc:
-        raise _explain(uri, exc) from None
+        raise explain_error(uri, exc) from None
 
 
 def write_bytes(uri: str, data: bytes, storage: "StorageSection | None" = None) -> None:
@@ -127,7 +128,7 @@ def write_bytes(uri: str, data: bytes, storage: "StorageSection | None" = None) 
         with fs.open_output_stream(path) as f:
             f.write(data)
     except OSError as exc:
-        raise _explain(uri, exc) from None
+        raise explain_error(uri, exc) from None
 
 
 def read_manifest(uri: str, storage: "StorageSection | None" = None) -> dict:
@@ -157,7 +158,7 @@ def read_table(uri: str, storage: "StorageSection | None" = None, *,
     try:
         tables = [pq.read_table(p, filesystem=fs, columns=columns) for p in paths]
     except OSError as exc:
-        raise _explain(uri, exc) from None
+        raise explain_error(uri, exc) from None
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
@@ -217,14 +218,14 @@ class StageOutput:
     # -- lifecycle -------------------------------------------------------------------------
     def begin(self) -> "StageOutput":
         try:
-            self._delete(SUCCESS)
+            self.delete_file(SUCCESS)
             if not self.resume:
                 info = self.fs.get_file_info(self.path)
                 if info.type == pafs.FileType.Directory:
                     self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
             self.fs.create_dir(self.path, recursive=True)
         except OSError as exc:
-            raise _explain(self.uri, exc) from None
+            raise explain_error(self.uri, exc) from None
         return self
 
     def write_table(self, table: pa.Table, name: str | None = None, *, part_dir: str = "") -> str:
@@ -244,7 +245,7 @@ class StageOutput:
                 pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
                 self.fs.move(tmp, full)
         except OSError as exc:
-            raise _explain(join(self.uri, rel), exc) from None
+            raise explain_error(join(self.uri, rel), exc) from None
         self.parts.append(rel)
         return rel
 
@@ -262,7 +263,7 @@ class StageOutput:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except OSError as exc:
-            raise _explain(self.uri, exc) from None
+            raise explain_error(self.uri, exc) from None
         prefix = self.path.rstrip("/") + "/"
         return sorted(i.path[len(prefix):] for i in infos
                       if i.type == pafs.FileType.File and i.path.startswith(prefix))
@@ -284,7 +285,8 @@ class StageOutput:
     def _full(self, rel: str) -> str:
         return posixpath.join(self.path, rel) if is_s3(self.uri) or "://" in self.uri else os.path.join(self.path, rel)
 
-    def _delete(self, rel: str) -> None:
+    def delete_file(self, rel: str) -> None:
+        """Delete one file of the output if it is there (e.g. a previous run's summary)."""
         full = self._full(rel)
         try:
             if self.fs.get_file_info(full).type == pafs.FileType.File:

@@ -31,7 +31,9 @@ def metric_columns(scores: pd.DataFrame) -> list[str]:
 
 
 def words(text: pd.Series) -> pd.Series:
-    return text.fillna("").str.split().str.len().astype(int)
+    from persodpo.words import word_counts
+
+    return pd.Series(word_counts(text), index=text.index, dtype=int)
 
 
 def join(candidates: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
@@ -46,11 +48,15 @@ def join(candidates: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_table(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per model: n, failure ratio (format not followed), unusable ratio, mean words, metric means
-    with a 95% normal-approximation confidence half-width."""
+    """Per model: n, error ratio (the request failed: no reply at all), format failure ratio (of
+    the replies that came back, those that did not follow the requested format), unusable ratio,
+    mean words, metric means with a 95% normal-approximation confidence half-width."""
     rows = []
     for model, g in df.groupby("model", sort=False):
-        row = {"model": model, "n": len(g), "failure_ratio": 1.0 - g["parse_ok"].fillna(False).astype(float).mean(),
+        errors = g["parse_status"].eq("error")
+        answered = g[~errors]
+        fmt_fail = 1.0 - answered["parse_ok"].fillna(False).astype(float).mean() if len(answered) else float("nan")
+        row = {"model": model, "n": len(g), "error_ratio": float(errors.mean()), "format_failure_ratio": fmt_fail,
                "unusable_ratio": 1.0 - g["usable"].astype(float).mean(),
                "mean_words": g.loc[g["usable"], "words"].mean() if g["usable"].any() else float("nan")}
         for m in metrics:

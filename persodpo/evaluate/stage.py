@@ -179,8 +179,10 @@ def render_report(df: pd.DataFrame, metrics: list[str], *, models: list[str], hi
     lines = [f"# persodpo evaluation", "",
              f"{n_prompts} held-out prompts (split: {split or 'all'}); models: {', '.join(models)}.", "",
              "## Scores per model", "",
-             "Failure ratio = replies that did not follow the requested format; words = mean words of usable replies.",
-             "", report.markdown_table(table, ["model", "n", "failure_ratio", "unusable_ratio", "mean_words", *metrics]),
+             "Error ratio = requests that failed (no reply); format failure ratio = replies that came back but did not "
+             "follow the requested format; words = mean words of usable replies.",
+             "", report.markdown_table(table, ["model", "n", "error_ratio", "format_failure_ratio", "unusable_ratio",
+                                               "mean_words", *metrics]),
              "", "## Length-controlled scores", "",
              f"Each model's mean over {int(lc['buckets_used'].iloc[0]) if len(lc) else 0} word-count buckets shared by "
              "all models, every bucket weighted equally: shorter replies cannot pass for better ones.", "",
@@ -250,7 +252,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     out.write_file("report.md", md)
     for name, data in files.items():
         out.write_file(name, data)
-    summary_models = {r["model"]: {"n": int(r["n"]), "failure_ratio": round(float(r["failure_ratio"]), 4),
+    summary_models = {r["model"]: {"n": int(r["n"]), "error_ratio": round(float(r["error_ratio"]), 4),
+                                   "format_failure_ratio": round(float(r["format_failure_ratio"]), 4),
                                    "mean_words": None if pd.isna(r["mean_words"]) else round(float(r["mean_words"]), 1)}
                       for _, r in table.iterrows()}
     cost = float(gen_summary.get("cost_usd") or 0) + float(score_summary.get("cost_usd") or 0)

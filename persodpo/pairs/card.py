@@ -49,7 +49,7 @@ def generator_names(pool: pd.DataFrame) -> np.ndarray:
 def pair_frame(pool: pd.DataFrame, sel: pd.DataFrame, families: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per pair with what the card measures (lengths of what the pair shows)."""
     from persodpo.pairs.assemble import arrow_column, take
-    from persodpo.pairs.pool import word_counts
+    from persodpo.words import word_counts
 
     c = sel["chosen"].to_numpy(dtype=np.int64)
     r = sel["rejected"].to_numpy(dtype=np.int64)

@@ -72,7 +72,7 @@ class JudgeCache:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self._dir(namespace), allow_not_found=True))
         except OSError as exc:
-            raise st._explain(self.uri, exc) from None
+            raise st.explain_error(self.uri, exc) from None
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
     def load(self, namespace: str) -> dict[str, dict]:
@@ -107,7 +107,7 @@ class JudgeCache:
             else:
                 pq.write_table(table, path, filesystem=self.fs)
         except OSError as exc:
-            raise st._explain(self.uri, exc) from None
+            raise st.explain_error(self.uri, exc) from None
         return path
 
     def compact(self, namespace: str) -> int:

@@ -101,7 +101,7 @@ def _input_schema(uri: str, storage) -> tuple[pa.Schema | None, str | None]:
     try:
         return pq.read_schema(path, filesystem=fs), parts[0]
     except OSError as exc:
-        raise st._explain(parts[0], exc) from None
+        raise st.explain_error(parts[0], exc) from None
 
 
 def _check_inputs(cfg: PersoDPOConfig, metrics: list, judges: list) -> tuple[pa.Table, int]:

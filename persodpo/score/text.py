@@ -1,4 +1,5 @@
-"""Small text helpers shared by the metrics: word counts, content words, dialogue rendering."""
+"""Small text helpers shared by the metrics: content words, dialogue rendering (word counts:
+:mod:`persodpo.words`)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,6 @@ why will with won would wouldn you your yours yourself yourselves want wants wan
 day days someday time times go going went visit visited visiting see seen saw learn learned know knew known
 think thought enjoy enjoyed interested interest place places thing things lot lots many well still yet always
 """.split())
-
-
-def word_count(text: str) -> int:
-    """Whitespace word count (the authors' definition, and what a generator is asked to limit)."""
-    return len(text.split())
 
 
 def _stem(w: str) -> str:

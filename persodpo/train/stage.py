@@ -145,7 +145,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     # resume=True keeps checkpoints/ (a restarted run continues from them); only _SUCCESS and the
     # previous run's summary go, so nothing of an older run can pass for this one's result.
     out = st.StageOutput(c.output, cfg.storage, resume=True).begin()
-    out._delete(SUMMARY_FILE)
+    out.delete_file(SUMMARY_FILE)
     ckpt_fs, ckpt_path = st.resolve(st.join(c.output, "checkpoints"), cfg.storage)
     run_path = ckpt_path.rstrip("/") + "/" + name
     if not c.resume:

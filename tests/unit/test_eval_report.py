@@ -35,9 +35,20 @@ def test_model_table_reports_failures_and_length():
     t = report.model_table(df, ["m"]).set_index("model")
     assert t.loc["short", "m"] == pytest.approx((3 * 1.0 + 0.5) / 4)
     assert t.loc["long", "m"] == pytest.approx((3 * 0.5 + 1.0) / 4)
-    assert t.loc["long", "failure_ratio"] == pytest.approx(1 / 5)
+    assert t.loc["long", "format_failure_ratio"] == pytest.approx(1 / 5) and t.loc["long", "error_ratio"] == 0
     assert t.loc["long", "unusable_ratio"] == pytest.approx(1 / 5)
     assert t.loc["short", "mean_words"] == pytest.approx((3 * 2 + 10) / 4)
+
+
+def test_request_errors_are_not_format_failures():
+    cands, scores = _frames()
+    cands = pd.concat([cands, pd.DataFrame([{"candidate_id": "ce", "prompt_id": "p1", "generator": "short",
+                                             "text": None, "parse_ok": False, "parse_status": "error"}])], ignore_index=True)
+    scores = pd.concat([scores, pd.DataFrame([{"candidate_id": "ce", "prompt_id": "p1", "generator": "short",
+                                               "score_errors": "{}", "judge_tokens": None, "judge_cost_usd": None,
+                                               "m": float("nan")}])], ignore_index=True)
+    t = report.model_table(report.join(cands, scores), ["m"]).set_index("model")
+    assert t.loc["short", "error_ratio"] == pytest.approx(1 / 5) and t.loc["short", "format_failure_ratio"] == 0
 
 
 def test_length_control_removes_the_length_advantage():
@@ -53,8 +64,8 @@ def test_length_control_removes_the_length_advantage():
 
 def test_markdown_and_plots_render():
     df = report.join(*_frames())
-    md = report.markdown_table(report.model_table(df, ["m"]), ["model", "n", "failure_ratio", "m"])
-    assert md.splitlines()[0] == "| model | n | failure_ratio | m |" and "| short | 4 |" in md
+    md = report.markdown_table(report.model_table(df, ["m"]), ["model", "n", "format_failure_ratio", "m"])
+    assert md.splitlines()[0] == "| model | n | format_failure_ratio | m |" and "| short | 4 |" in md
     assert report.plot_metric_distributions(df, ["m"])[:4] == b"\x89PNG"
     assert report.plot_length_histograms(df)[:4] == b"\x89PNG"
     png = report.plot_training_curves([{"step": 1, "loss": 0.69}, {"step": 2, "loss": 0.6}])

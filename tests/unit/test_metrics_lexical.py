@@ -9,7 +9,8 @@ from persodpo.score.config import ScoreConfig
 from persodpo.score.lexical import ReferenceScorer, coverage
 from persodpo.score.metric import Cols
 from persodpo.score.registry import build_metrics
-from persodpo.score.text import content_words, word_count
+from persodpo.score.text import content_words
+from persodpo.words import word_count
 
 PERSONA = ["I want to learn more about the Royal Navy.", "I have never been on a frigate.",
            "I am not too familiar with the Falkland war.", "I love the country of England.",

@@ -368,7 +368,7 @@ def test_empty_and_all_invalid_pools():
 def test_word_counts_are_pythons_split():
     import pyarrow as pa
 
-    from persodpo.pairs.pool import word_counts
+    from persodpo.words import word_counts
 
     texts = ["", " ", "one", "  two  words ", "a\tb\nc\rd\x0be\x0cf", "x\x1cy\x1dz\x1e\x1fw", "non\u00a0breaking",
              "thin\u2009space and\u3000ideographic", "café au lait", None, "tail\u2028", "\x85lead", "ok" * 50]

@@ -204,7 +204,8 @@ def test_scores_for_an_unknown_candidate_are_refused(tmp_path):
                                                persona_distance=1)])
     with pytest.raises(InputError) as e:
         run_stage(load_config(None, [f"pairs.input={extra['scores']}", f"pairs.candidates={uris['candidates']}",
-                                     f"pairs.prompts={uris['prompts']}", f"pairs.output={tmp_path / 'o'}"]))
+                                     f"pairs.prompts={uris['prompts']}", f"pairs.output={tmp_path / 'o'}",
+                                     f"pairs.persodpo.weights={json.dumps(AUTHORS_PERSODPO_WEIGHTS)}"]))
     assert "ghost" in str(e.value) and extra["scores"] in str(e.value)
 
 
