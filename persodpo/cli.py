@@ -24,7 +24,8 @@ import sys
 import time
 
 STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
-    "ingest": [("--source", "source", {"choices": ["focus", "persobench", "persodpo-authors"]}),
+    "ingest": [("--source", "source", {"choices": ["focus", "persobench", "persodpo-authors", "hf", "blended_skill_talk",
+                                                      "personachat"]}),
                ("--input", "input", {}), ("--output", "output", {}), ("--split", "split", {}),
                ("--max-dialogs", "max_dialogs", {})],
     "generate": [("--input", "input", {}), ("--output", "output", {})],
