@@ -118,3 +118,15 @@ def test_cli_writes_the_prompts_and_max_dialogs(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n_dialogs"] == 2 and summary["n_prompts"] == 5 and summary["splits"] == {"train": 5}
     assert st.read_table(str(out)).num_rows == 5
+
+
+def test_bst_paper_config_ingests_the_hub_layout(tmp_path):
+    from persodpo.config import load_config
+    from persodpo.ingest.stage import run_stage
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(str(repo / "jobs" / "configs" / "bst_paper.yaml"),
+                      [f"ingest.input={FIXTURES / 'data'}", f"ingest.output={tmp_path / 'prompts'}"])
+    summary = run_stage(cfg)
+    # generate answers the train split, evaluate holds out valid: both exist after ingest
+    assert cfg.generate.split in summary["splits"] and cfg.evaluate.split in summary["splits"]
