@@ -7,6 +7,7 @@
     persodpo train    --config C --input PAIRS --output CHECKPOINTS --set train.zero_stage=3
     persodpo evaluate --config C --input CHECKPOINTS --output EVAL
     persodpo run      --config jobs/configs/demo.yaml --run-id demo
+    persodpo push     --input PAIRS --to hf:ORG/NAME [--dry-run]
 
 Flags are shorthands for dotted overrides (``--output X`` is ``--set <stage>.output=X``).
 Progress goes to stderr; the last line on stdout is one JSON summary. Exit code 0 only on
@@ -35,6 +36,9 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
     "train": [("--input", "input", {}), ("--output", "output", {})],
     "evaluate": [("--input", "input", {}), ("--output", "output", {})],
     "run": [("--run-id", "run_id", {}), ("--root", "root", {})],
+    "push": [("--input", "input", {}), ("--to", "to", {"metavar": "hf:ORG/NAME"}),
+             ("--dry-run", "dry_run", {"action": "store_true"}), ("--private", "private", {"action": "store_true"}),
+             ("--message", "message", {})],
 }
 HELP = {
     "ingest": "FoCus JSON / PersoBench CSV / the authors' data folder -> prompts",
@@ -44,6 +48,7 @@ HELP = {
     "train": "pairs -> DPO fine-tuned model (TRL + DeepSpeed ZeRO on Ray Train)",
     "evaluate": "held-out generation, scoring and report",
     "run": "all stages in one Ray job under ROOT/runs/RUN_ID/",
+    "push": "a pairs or train output folder -> a Hugging Face Hub repository (upload_folder)",
 }
 
 
@@ -112,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from persodpo.config import load_config
 
-        cfg = load_config(args.config, _overrides(args))
-        if args.command == "run":
+        cfg = load_config(args.config, _overrides(args)) if args.command != "push" else None
+        if args.command == "push":  # not a stage: publishes a finished output
+            summary = importlib.import_module("persodpo.hub").push_command(args)
+        elif args.command == "run":
             module = importlib.import_module("persodpo.pipeline")
             summary = module.run_pipeline(cfg)
         else:
