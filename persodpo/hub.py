@@ -21,8 +21,8 @@ import yaml
 DATA_DIR = "data"
 TRAIN_FILES = f"{DATA_DIR}/train-*.parquet"
 # Never uploaded: the stage's completion marker, half-written parts, Ray Train's checkpoints
-# (resumable training state, many GB) and local TensorBoard event files.
-IGNORE = ["_SUCCESS", "*.tmp", "**/*.tmp", "checkpoints/**", "tensorboard/**"]
+# (resumable training state, many GB). TensorBoard events go: the Hub shows them as training metrics.
+IGNORE = ["_SUCCESS", "*.tmp", "**/*.tmp", "checkpoints/**"]
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")

@@ -135,4 +135,5 @@ def test_model_folder_dry_run_leaves_checkpoints_out(tmp_path, capsys):
     assert main(["push", "--input", str(tmp_path / "model"), "--to", "hf:my-org/model", "--dry-run"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["repo_type"] == "model"
-    assert summary["files"] == ["README.md", "_manifest.json", "config.json", "model.safetensors"]
+    assert summary["files"] == ["README.md", "_manifest.json", "config.json", "model.safetensors",
+                                "tensorboard/events.out"]
