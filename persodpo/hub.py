@@ -145,8 +145,9 @@ def push(folder: str, target: str, *, dry_run: bool = False, private: bool = Fal
 
     api = HfApi()
     api.create_repo(repo, repo_type=p["repo_type"], private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo, repo_type=p["repo_type"], folder_path=folder,
-                             ignore_patterns=list(IGNORE), commit_message=message or f"persodpo push {os.path.basename(folder.rstrip('/'))}")
+    # a copy: upload_folder appends its default patterns to the list it is given
+    info = api.upload_folder(repo_id=repo, repo_type=p["repo_type"], folder_path=folder, ignore_patterns=list(IGNORE),
+                             commit_message=message or f"persodpo push {os.path.basename(folder.rstrip('/'))}")
     return {**summary, "commit_url": str(getattr(info, "commit_url", info))}
 
 

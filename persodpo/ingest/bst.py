@@ -67,12 +67,10 @@ def read_parquet(uri: str, storage=None) -> pa.Table:
     fs, path = st.resolve(uri, storage)
     try:
         return pq.read_table(path, filesystem=fs)
-    except (pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid):
-            err = st._explain(uri, exc)
-            if "Parquet" not in str(err) and "magic" not in str(err):
-                raise InputError(str(err).split(": ", 1)[-1], file=uri) from None
+    except pa.ArrowInvalid as exc:
         raise InputError(f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})", file=uri) from None
+    except OSError as exc:
+        raise InputError(str(st._explain(uri, exc)).split(": ", 1)[-1], file=uri) from None
 
 
 def dialog_prompts(row: dict, *, file: str, record: str, split: str, dialog_id: str) -> list[dict]:

@@ -2,9 +2,10 @@
 through a column mapping (``ingest.hf.columns``) onto the prompts contract.
 
 One row is one prompt. ``persona``: a list of sentences or one string (one sentence per line);
-``history``: a list of strings (alternating turns, the last one the human's), of {role, content}
-messages, or one string (a turn per line, for CSV); ``gold`` and ``knowledge`` optional. Without a dialog-id column every row is its own
-dialog (``SPLIT-ROW``); without a turn column the turn is 1 + the assistant turns in the history.
+``history``: a list of strings (alternating turns, the last one the human's), of
+{role, content} messages, or one string (a turn per line, for CSV); ``gold`` and ``knowledge``
+optional. Without a dialog-id column every row is its own dialog (``SPLIT-ROW``); without a turn
+column the turn is 1 + the assistant turns in the history.
 Bad rows raise InputError naming the data files, the split and row, and the column.
 """
 
@@ -40,10 +41,10 @@ def load_split(hf, split: str):
     except ValueError as exc:
         # unknown split, or data files that do not parse as the builder's format
         raise InputError(f"cannot load split {split!r}: {str(exc).splitlines()[0][:300]}", file=label) from None
-    except Exception as exc:  # noqa: BLE001 - datasets raises builder-specific errors (ArrowInvalid, DatasetGenerationError, ...)
+    except Exception as exc:  # noqa: BLE001 - builder-specific errors (ArrowInvalid, DatasetGenerationError, ...)
         cause = exc.__cause__ or exc
-        raise InputError(f"cannot load split {split!r}: {type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}",
-                         file=label) from None
+        first = str(cause).splitlines()[0][:300] if str(cause) else ""
+        raise InputError(f"cannot load split {split!r}: {type(cause).__name__}: {first}", file=label) from None
     if isinstance(ds, datasets.DatasetDict):
         raise ConfigError("load_dataset returned several splits; name one", key="ingest.hf.split")
     return ds, label

@@ -59,8 +59,10 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                 "parse_status": {k: sum(v[k] for v in counts.values()) for k in ("valid", "fallback", "unusable")},
                 "parse_status_by_generator": counts, "wall_time_s": round(time.time() - t0, 2)}
     if c.source in ("blended_skill_talk", "personachat", "hf") and not (c.input or (c.source == "hf" and c.hf.path)):
-        what = "ingest.hf.path (or --input)" if c.source == "hf" else "--input FILE" + ("_OR_DIR" if c.source != "personachat" else "")
-        raise ConfigError(f"--source {c.source} needs {what}", key="ingest.hf.path" if c.source == "hf" else "ingest.input")
+        if c.source == "hf":
+            raise ConfigError("--source hf needs ingest.hf.path (or --input)", key="ingest.hf.path")
+        what = "FILE_OR_DIR" if c.source == "blended_skill_talk" else "FILE"
+        raise ConfigError(f"--source {c.source} needs --input {what}", key="ingest.input")
     src = c.input or bundled_sample()
     if c.source == "hf":
         from persodpo.ingest.hf import read_hf
