@@ -119,3 +119,13 @@ def test_missing_files_and_path(tmp_path, capsys):
 def test_unknown_hf_key_names_it():
     with pytest.raises(ConfigError, match="ingest.hf"):
         load_config(None, ["ingest.hf.colums.gold=x"])
+
+
+def test_input_folder_is_the_dataset_path(tmp_path, capsys):
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "ds" / "train.parquet")
+    out = tmp_path / "prompts"
+    assert main(["ingest", "--source", "hf", "--input", str(tmp_path / "ds"), "--output", str(out),
+                 "--set", f"ingest.hf.cache_dir={tmp_path / 'c'}", *[a for m in MAPPING for a in ("--set", m)]]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_prompts"] == 3 and summary["n_dialogs"] == 2 and summary["input"] == str(tmp_path / "ds")
