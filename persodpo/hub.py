@@ -92,13 +92,13 @@ def parse_target(target: str | None) -> str:
     from persodpo.errors import ConfigError
 
     if not target:
-        raise ConfigError("push needs --to hf:ORG/NAME", key="push.to")
+        raise ConfigError("push needs --to hf:ORG/NAME")
     if not target.startswith("hf:"):
-        raise ConfigError(f"{target!r}: expected hf:ORG/NAME (a Hugging Face Hub repository)", key="push.to")
+        raise ConfigError(f"--to {target!r}: expected hf:ORG/NAME (a Hugging Face Hub repository)")
     repo = target[3:]
     if not _REPO.match(repo) or ".." in repo or repo.endswith((".git", ".")):
-        raise ConfigError(f"{target!r}: {repo!r} is not a Hub repository id (ORG/NAME: letters, digits, '-', '_', "
-                          "'.', at most 96 characters each)", key="push.to")
+        raise ConfigError(f"--to {target!r}: {repo!r} is not a Hub repository id (ORG/NAME: letters, digits, "
+                          "'-', '_', '.', at most 96 characters each)")
     return repo
 
 
@@ -158,7 +158,7 @@ def push_command(args) -> dict:
     if args.config or args.overrides:
         raise ConfigError("push takes no --config/--set: use --input, --to, --dry-run, --private")
     if not args.flag_input:
-        raise ConfigError("push needs --input FOLDER (a pairs or train output)", key="push.input")
+        raise ConfigError("push needs --input FOLDER (a pairs or train output)")
     return push(args.flag_input, args.flag_to, dry_run=bool(args.flag_dry_run), private=bool(args.flag_private),
                 message=args.flag_message)
 

@@ -87,7 +87,7 @@ def test_push_target_validation(pairs_dir, capsys, target, fragment):
     args = ["push", "--input", str(pairs_dir), "--dry-run"] + (["--to", target] if target else [])
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert fragment in err and "push.to" in err
+    assert fragment in err and "--to" in err
 
 
 def test_push_refuses_incomplete_and_other_outputs(tmp_path, capsys):
