@@ -8,6 +8,7 @@
     persodpo evaluate --config C --input CHECKPOINTS --output EVAL
     persodpo run      --run-id demo      (no --config: the embedded default, persodpo/data/demo.yaml)
     persodpo check    --config C         (whole-config checks, nothing runs)
+    persodpo push     --input PAIRS --to hf:ORG/NAME [--dry-run]
 
 Flags are shorthands for dotted overrides (``--output X`` is ``--set <stage>.output=X``).
 Progress goes to stderr; the last line on stdout is one JSON summary. Exit code 0 only on
@@ -25,7 +26,8 @@ import sys
 import time
 
 STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
-    "ingest": [("--source", "source", {"choices": ["focus", "persobench", "persodpo-authors"]}),
+    "ingest": [("--source", "source", {"choices": ["focus", "persobench", "persodpo-authors", "hf", "blended_skill_talk",
+                                                      "personachat"]}),
                ("--input", "input", {}), ("--output", "output", {}), ("--split", "split", {}),
                ("--max-dialogs", "max_dialogs", {})],
     "generate": [("--input", "input", {}), ("--output", "output", {})],
@@ -36,6 +38,9 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
     "evaluate": [("--input", "input", {}), ("--output", "output", {})],
     "run": [("--run-id", "run_id", {}), ("--root", "root", {})],
     "check": [],
+    "push": [("--input", "input", {}), ("--to", "to", {"metavar": "hf:ORG/NAME"}),
+             ("--dry-run", "dry_run", {"action": "store_true"}), ("--private", "private", {"action": "store_true"}),
+             ("--message", "message", {})],
 }
 HELP = {
     "ingest": "FoCus JSON / PersoBench CSV / the authors' data folder -> prompts",
@@ -46,6 +51,7 @@ HELP = {
     "evaluate": "held-out generation, scoring and report",
     "run": "all stages in one Ray job under ROOT/runs/RUN_ID/ (no --config: the embedded default)",
     "check": "check a config as a whole (recipe columns, word limit, splits) without running anything",
+    "push": "a pairs or train output folder -> a Hugging Face Hub repository (upload_folder)",
 }
 
 
@@ -138,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from persodpo.config import load_config
 
         config = args.config or (default_run_config() if args.command in ("run", "check") else None)
-        cfg = load_config(config, _overrides(args))
-        if args.command == "check":
+        cfg = load_config(config, _overrides(args)) if args.command != "push" else None
+        if args.command == "push":  # not a stage: publishes a finished output
+            summary = importlib.import_module("persodpo.hub").push_command(args)
+        elif args.command == "check":
             summary = _check(cfg)
         elif args.command == "run":
             module = importlib.import_module("persodpo.pipeline")

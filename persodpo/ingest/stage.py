@@ -58,8 +58,27 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                 "n_eval_candidates": tables["eval_candidates"].num_rows,
                 "parse_status": {k: sum(v[k] for v in counts.values()) for k in ("valid", "fallback", "unusable")},
                 "parse_status_by_generator": counts, "wall_time_s": round(time.time() - t0, 2)}
+    if c.source in ("blended_skill_talk", "personachat", "hf") and not (c.input or (c.source == "hf" and c.hf.path)):
+        if c.source == "hf":
+            raise ConfigError("--source hf needs ingest.hf.path (or --input)", key="ingest.hf.path")
+        what = "FILE_OR_DIR" if c.source == "blended_skill_talk" else "FILE"
+        raise ConfigError(f"--source {c.source} needs --input {what}", key="ingest.input")
     src = c.input or bundled_sample()
-    if c.source == "focus":
+    if c.source == "hf":
+        from persodpo.ingest.hf import read_hf
+
+        hf = c.hf if c.hf.path else c.hf.model_copy(update={"path": c.input})
+        src = hf.path if not hf.data_files else f"{hf.path} {hf.data_files}"
+        table, n_dialogs = read_hf(hf, max_dialogs=c.max_dialogs)
+    elif c.source == "blended_skill_talk":
+        from persodpo.ingest.bst import read_bst
+
+        table, n_dialogs = read_bst(src, cfg.storage, split=c.split, max_dialogs=c.max_dialogs)
+    elif c.source == "personachat":
+        from persodpo.ingest.personachat import read_personachat
+
+        table, n_dialogs = read_personachat(src, cfg.storage, max_dialogs=c.max_dialogs)
+    elif c.source == "focus":
         from persodpo.ingest.focus import read_focus
 
         table, n_dialogs = read_focus(src, cfg.storage, split=c.split, knowledge=c.knowledge,

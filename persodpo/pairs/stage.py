@@ -58,7 +58,17 @@ def resolve_template(pool, recipe, cfg) -> str:
     return name
 
 
+def _prompts_source(uri: str, storage) -> str | None:
+    """The prompts' ingest source (for the dataset card's tags), when their manifest says."""
+    try:
+        source = st.read_manifest(uri, storage).get("source")
+    except Exception:  # noqa: BLE001 - a card tag is not worth failing the stage for
+        return None
+    return source if isinstance(source, str) else None
+
+
 def run_stage(cfg: PersoDPOConfig) -> dict:
+    from persodpo.hub import dataset_card
     from persodpo.pairs.assemble import PairsBuilder
     from persodpo.pairs.card import card_stats, markdown, plots
     from persodpo.pairs.pool import CANDIDATE_COLUMNS, build_pool, read_columns
@@ -122,9 +132,12 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                   "format_signal": inputs.format_source if recipe.uses_format_signal else "candidates.parse_status"})
     lap("card_stats")
 
+    from persodpo.hub import DATA_DIR
+
     out = st.StageOutput(c.output, cfg.storage).begin()
-    for table in builder.chunks(c.rows_per_part):
-        out.write_table(table)
+    # Hub layout: Parquet under data/ named for the split (README.md maps data/train-* to train).
+    for i, table in enumerate(builder.chunks(c.rows_per_part)):
+        out.write_table(table, f"train-{i:05d}.parquet", part_dir=DATA_DIR)
     lap("write_pairs")
     images = []
     if c.plots:
@@ -137,8 +150,10 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     inputs_uris = {"scores": c.input, "candidates": c.candidates, "prompts": c.prompts}
     stats_doc = {**stats, "inputs": inputs_uris, "config": c.model_dump(mode="json"), "versions": versions}
     out.write_file("stats.json", json.dumps(stats_doc, indent=2, sort_keys=True, default=str))
-    out.write_file("data_card.md", markdown(stats, config=c.model_dump(mode="json"), versions=versions,
-                                            inputs=inputs_uris, images=images))
+    card = markdown(stats, config=c.model_dump(mode="json"), versions=versions, inputs=inputs_uris, images=images)
+    out.write_file("data_card.md", card)
+    out.write_file("README.md", dataset_card(card, n_pairs=stats["n_pairs"], recipe=recipe.name,
+                                             source=_prompts_source(c.prompts, cfg.storage)))
     b = stats["balance"]
     rs = result.stats
     summary = {

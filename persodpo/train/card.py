@@ -29,8 +29,11 @@ def model_card(*, base_model: str, pairs_uri: str, recipe, pairs: dict, train_co
                summary: dict) -> str:
     first, last = first_values(history), last_values(history)
     rows = "\n".join(f"| {k} | {first[k]:.4g} | {last[k]:.4g} |" for k in CARD_METRICS if k in last and k in first)
-    front = yaml.safe_dump({"library_name": "transformers", "base_model": base_model,
-                            "tags": ["trl", "dpo", "persodpo"], "pipeline_tag": "text-generation"}, sort_keys=False)
+    from persodpo.hub import hub_dataset_id, model_card_metadata
+
+    dataset = hub_dataset_id(pairs_uri)
+    front = yaml.safe_dump(model_card_metadata(base_model=base_model, datasets=[dataset] if dataset else None),
+                           sort_keys=False)
     recipes = recipe if isinstance(recipe, str) else ", ".join(map(str, recipe or [])) or "unknown"
     return f"""---
 {front.strip()}
