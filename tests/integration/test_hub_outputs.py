@@ -15,6 +15,7 @@ from persodpo import storage as st
 from persodpo.cli import main
 from persodpo.config import load_config
 from persodpo.hub import card_front_matter, size_category
+from persodpo.pairs.config import AUTHORS_PERSODPO_WEIGHTS
 from persodpo.pairs.stage import run_stage
 from tests.unit.test_pairs_stage import write_inputs
 
@@ -29,7 +30,8 @@ def pairs_dir(tmp_path_factory) -> Path:
     out = root / "pairs"
     run_stage(load_config(None, [f"pairs.input={uris['scores']}", f"pairs.candidates={uris['candidates']}",
                                  f"pairs.prompts={uris['prompts']}", f"pairs.output={out}", "pairs.plots=false",
-                                 "pairs.persodpo.min_margin=0.1", "pairs.rows_per_part=3"]))
+                                 "pairs.persodpo.min_margin=0.1", "pairs.rows_per_part=3",
+                                 f"pairs.persodpo.weights={json.dumps(AUTHORS_PERSODPO_WEIGHTS)}"]))
     return out
 
 
