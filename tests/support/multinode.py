@@ -29,8 +29,31 @@ from pathlib import Path
 from tests.support.ports import free_ports
 
 
-def _ray_bin() -> str:
-    return os.path.join(os.path.dirname(sys.executable), "ray")
+# `ray start`, except that a node waits for its own registration in the GCS up to 5 minutes, not
+# Ray's fixed 30 s (Node.__init__), which a loaded 2-core CI machine misses ("The current node
+# timed out during startup"). Nothing else changes: the same CLI, the same processes.
+_RAY_START = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def get_node(*args, **kwargs):
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = get_node
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
+
+
+def _ray_start() -> list[str]:
+    return [sys.executable, "-c", _RAY_START, "start"]
 
 
 def _node_ports(*taken: int) -> list[str]:
@@ -93,7 +116,10 @@ class MultiNodeCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def _proc_env(self) -> dict[str, str]:
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env, **self.client_env()}
+        # A raylet waits this long for its dashboard agent (default ~1 min: a loaded CI machine
+        # takes longer and the raylet dies with "Timed out waiting for file ...agent_listen_port").
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000",
+               **self.env, **self.client_env()}
         env.pop("RAY_ADDRESS", None)
         # Job entrypoints and worker processes say `python`: make it this venv's.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -133,7 +159,7 @@ class MultiNodeCluster:
     def _start_head(self) -> None:
         gcs, dash, client = free_ports(3)
         self.gcs_port, self.dashboard_port = gcs, dash
-        cmd = [_ray_bin(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        cmd = [*_ray_start(), "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                "--num-cpus=0", "--num-gpus=0", f"--ray-client-server-port={client}", "--disable-usage-stats",
                f"--dashboard-port={dash}", *_node_ports(gcs, dash, client)]
         if self.job_server:
@@ -148,7 +174,7 @@ class MultiNodeCluster:
         """A worker node in its own mount namespace, the hidden dirs covered by an empty tmpfs."""
         # A resource naming the node, so a test can place a task on exactly this node.
         node = WorkerNode(name, num_cpus, {**(resources or {}), f"node:{name}": 1})
-        ray_cmd = [_ray_bin(), "start", "--block", f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1",
+        ray_cmd = [*_ray_start(), "--block", f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1",
                    f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
                    f"--resources={json.dumps(node.resources)}", *_node_ports(self.gcs_port, self.dashboard_port)]
         mounts = [f"mount -t tmpfs none {shlex.quote(d)}" for d in self.hidden if os.path.isdir(d)]
