@@ -92,19 +92,16 @@ def read_output(uri: str, storage: "StorageSection | None" = None, **kwargs) -> 
 
 
 def cluster_shape() -> dict:
-    """What the connected Ray cluster looks like for placement decisions: alive nodes, whether the
-    head offers CPUs, whether an autoscaler runs (it may add nodes that do not exist yet)."""
+    """What the connected Ray cluster looks like for placement decisions: alive nodes, and whether
+    its head offers no CPUs. Such a head runs no tasks: its work goes to worker nodes that an
+    autoscaler adds (possibly none exist yet), which is how our clusters look (cluster/aws.yaml).
+    (The autoscaler's KV status is no test: Ray's read-only monitor of a plain local Ray writes it
+    too, and autoscaler v2 does not.)"""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    autoscaler = False
-    try:  # the autoscaler (v1 and v2) publishes its status here; absent on a plain `ray start`
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        autoscaler = _internal_kv_get("__autoscaling_status") is not None
-    except Exception:  # noqa: BLE001 - an older/newer Ray without that key: judge by nodes only
-        pass
-    return {"nodes": len(nodes), "autoscaler": autoscaler}
+    heads = [n for n in nodes if "node:__internal_head__" in (n.get("Resources") or {})]
+    return {"nodes": len(nodes), "autoscaler": any(not h["Resources"].get("CPU") for h in heads)}
 
 
 def driver_local_problems(cfg, shape: dict) -> list[str]:
@@ -115,7 +112,7 @@ def driver_local_problems(cfg, shape: dict) -> list[str]:
 
     if shape["nodes"] <= 1 and not shape["autoscaler"]:
         return []
-    where = f"{shape['nodes']} node(s)" + (" and an autoscaler" if shape["autoscaler"] else "")
+    where = f"{shape['nodes']} node(s)" + (" and a head without CPUs (workers from an autoscaler)" if shape["autoscaler"] else "")
     problems = []
     if not st.is_s3(cfg.run.root):
         problems.append(f"run.root={cfg.run.root!r} is a local directory, but this Ray cluster has {where}: "
