@@ -116,9 +116,10 @@ class MultiNodeCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def _proc_env(self) -> dict[str, str]:
-        # A raylet waits this long for its dashboard agent (default ~1 min: a loaded CI machine
-        # takes longer and the raylet dies with "Timed out waiting for file ...agent_listen_port").
+        # A raylet waits only ~15 s for its dashboard agent's port file: a loaded CI machine takes
+        # longer and the raylet dies ("Timed out waiting for file ...dashboard_agent_listen_port").
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000",
+               "RAY_raylet_start_wait_time_s": "300",
                **self.env, **self.client_env()}
         env.pop("RAY_ADDRESS", None)
         # Job entrypoints and worker processes say `python`: make it this venv's.
@@ -135,7 +136,7 @@ class MultiNodeCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     # -- start ------------------------------------------------------------------------------
-    def start(self, workers: list[dict], timeout: float = 180) -> "MultiNodeCluster":
+    def start(self, workers: list[dict], timeout: float = 360) -> "MultiNodeCluster":
         """``workers``: [{"name": ..., "num_cpus": N, "resources": {...}}, ...]."""
         try:
             self._retry(self._start_head, lambda: (self.workdir / "head.log", self.head), timeout)
@@ -187,15 +188,16 @@ class MultiNodeCluster:
         return node
 
     def _retry(self, start, current, timeout: float, attempts: int = 3) -> None:
-        # Ray gives a starting node a fixed 30 s to register with the GCS ("timed out during
-        # startup"); on a loaded machine that is missed now and then: start that node again.
+        # On a loaded machine a node now and then fails to come up (its raylet gives its dashboard
+        # agent ~15 s to write a port file, and dies if it is late; the node never registers):
+        # stop that node's process group and start it again.
         for i in range(attempts):
             start()
             log, proc = current()
             try:
-                return self._wait_started(log, proc, timeout)
-            except RuntimeError:
-                if i == attempts - 1 or "timed out during startup" not in log.read_text(errors="replace"):
+                return self._wait_started(log, proc, timeout / attempts)
+            except (RuntimeError, TimeoutError):
+                if i == attempts - 1:
                     raise
                 _stop_group(proc, grace=5)
                 log.rename(log.with_suffix(f".failed{i}"))
