@@ -112,7 +112,9 @@ def driver_local_problems(cfg, shape: dict) -> list[str]:
 
     if shape["nodes"] <= 1 and not shape["autoscaler"]:
         return []
-    where = f"{shape['nodes']} node(s)" + (" and a head without CPUs (workers from an autoscaler)" if shape["autoscaler"] else "")
+    where = f"{shape['nodes']} node(s)"
+    if shape["autoscaler"]:
+        where += " and a head without CPUs (workers from an autoscaler)"
     problems = []
     if not st.is_s3(cfg.run.root):
         problems.append(f"run.root={cfg.run.root!r} is a local directory, but this Ray cluster has {where}: "

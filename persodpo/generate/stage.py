@@ -147,7 +147,9 @@ def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prom
     branches = []
     for gen in todo:
         if gen.backend == "vllm":
-            branches.append(vllm_backend.generate(prompts, gen, cfg.generate, model_path=publish_model(gen.model, model_store(cfg.run.root, cfg.generate.output)),
+            # Built or local models go through the run's object store: engines run on other nodes.
+            path = publish_model(gen.model, model_store(cfg.run.root, cfg.generate.output))
+            branches.append(vllm_backend.generate(prompts, gen, cfg.generate, model_path=path,
                                                   skip_ids=done_ids, only_prompts=only_prompts))
             continue
         api_base = urls.get(gen.api_options.api_base)
