@@ -184,8 +184,84 @@ def _build_tiny_bert_nli(out: Path, seed: int = 0) -> None:
     BertForSequenceClassification(cfg).save_pretrained(str(out), safe_serialization=True)
 
 
+def is_remote(source: str) -> bool:
+    return source.startswith(("s3://", "s3a://", "gs://"))
+
+
+def fetch_model(uri: str) -> str:
+    """A local copy of a model folder published on object storage (see :func:`publish_model`),
+    downloaded once per node into this node's cache. Endpoint and keys come from the AWS
+    environment variables, as on every worker."""
+    import hashlib
+
+    import pyarrow.fs as pafs
+
+    from persodpo import storage as st
+
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    target = cache_dir() / "remote" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+
+    def download(out: Path) -> None:
+        fs, path = st.resolve(uri)
+        if fs.get_file_info(path + "/" + _PUBLISHED).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{uri}: not a published model folder (no {_PUBLISHED} marker)")
+        pafs.copy_files(path, str(out), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+    return _build_once(target, download)
+
+
+_PUBLISHED = ".published"
+
+
+def model_store(run_root: str, output: str | None = None) -> str | None:
+    """Where a run publishes its models for other nodes: ``models/`` under the run root, or beside
+    the stage output, whichever is on object storage first (None: a local run)."""
+    from persodpo import storage as st
+
+    if is_remote(run_root):
+        return st.join(run_root, "models")
+    if output and is_remote(output):
+        return st.join(output.rstrip("/").rsplit("/", 1)[0], "models")
+    return None
+
+
+def publish_model(source: str, store: str | None) -> str:
+    """The source to hand to work that may run on other nodes.
+
+    Hub ids and remote URIs pass unchanged (each node downloads them). A model that exists only
+    on this machine (``tiny:``/``packaged:`` builds, a local directory) is resolved here and, when
+    ``store`` is on object storage, copied once to ``STORE/NAME`` (a marker written last tells a
+    whole copy); the returned ``s3://`` URI is what vLLM (ray.data.llm downloads it per node) and
+    :func:`resolve_model` on a worker load. With a local ``store`` (a single-machine run) the local
+    path is returned: the refusal of local roots on multi-node clusters covers that case.
+    """
+    if is_remote(source):
+        return source
+    local = resolve_model(source)
+    if not os.path.isdir(local) or not store or not is_remote(store):
+        return local
+    import hashlib
+
+    import pyarrow.fs as pafs
+
+    from persodpo import storage as st
+
+    # The name says which model; the hash tells two local folders of the same name apart.
+    uri = st.join(store, f"{Path(local).name}-{hashlib.sha256(local.encode()).hexdigest()[:8]}")
+    fs, path = st.resolve(uri)
+    if fs.get_file_info(path + "/" + _PUBLISHED).type != pafs.FileType.File:
+        files = [f for f in sorted(Path(local).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+        for f in files:  # streamed file by file: a model never sits whole in driver memory
+            pafs.copy_files(str(f), f"{path}/{f.relative_to(local).as_posix()}",
+                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        st.write_bytes(st.join(uri, _PUBLISHED), json.dumps({"source": source}).encode())
+    return uri
+
+
 def resolve_model(source: str) -> str:
-    """A path (or hub id) that transformers / vLLM / TRL can load for ``source``."""
+    """A path (or hub id) that transformers / vLLM / TRL can load for ``source``, on this node."""
+    if is_remote(source):
+        return fetch_model(source)
     if source == SMOLLM2:
         return _build_once(cache_dir() / "models" / "smollm2-135m-instruct", _convert_smollm2)
     if source == MINILM:

@@ -57,6 +57,11 @@ def run_pipeline(cfg: PersoDPOConfig) -> dict:
 
     cfg = align_word_limits(wire(cfg))
     raise_on_problems(cfg)  # a config whose parts do not fit fails now, not after minutes of work
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster: refuse what needs the driver's machine
+        from persodpo.raycluster import init_ray, refuse_driver_local
+
+        init_ray(cfg.ray)
+        refuse_driver_local(cfg)
     t0 = time.time()
     stages: dict[str, dict] = {}
     upstream_reused = True

@@ -89,3 +89,53 @@ def read_output(uri: str, storage: "StorageSection | None" = None, **kwargs) -> 
     if not paths:
         raise ValueError(f"{uri}: the output is complete but has no rows")
     return ray.data.read_parquet(paths, filesystem=fs, **kwargs)
+
+
+def cluster_shape() -> dict:
+    """What the connected Ray cluster looks like for placement decisions: alive nodes, and whether
+    its head offers no CPUs. Such a head runs no tasks: its work goes to worker nodes that an
+    autoscaler adds (possibly none exist yet), which is how our clusters look (cluster/aws.yaml).
+    (The autoscaler's KV status is no test: Ray's read-only monitor of a plain local Ray writes it
+    too, and autoscaler v2 does not.)"""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    heads = [n for n in nodes if "node:__internal_head__" in (n.get("Resources") or {})]
+    return {"nodes": len(nodes), "autoscaler": any(not h["Resources"].get("CPU") for h in heads)}
+
+
+def driver_local_problems(cfg, shape: dict) -> list[str]:
+    """What in ``cfg`` works only where every task runs next to the driver (one node, no
+    autoscaler): a local ``run.root`` and ``local:``/``local+vllm:`` servers on 127.0.0.1."""
+    from persodpo import storage as st
+    from persodpo.local_server import parse_local
+
+    if shape["nodes"] <= 1 and not shape["autoscaler"]:
+        return []
+    where = f"{shape['nodes']} node(s)"
+    if shape["autoscaler"]:
+        where += " and a head without CPUs (workers from an autoscaler)"
+    problems = []
+    if not st.is_s3(cfg.run.root):
+        problems.append(f"run.root={cfg.run.root!r} is a local directory, but this Ray cluster has {where}: "
+                        "workers on other nodes cannot read or write it. Put the run on object storage "
+                        "(--root s3://BUCKET/PREFIX).")
+    bases = [(f"generate.generators[{i}].api.api_base", g.api_options.api_base)
+             for i, g in enumerate(cfg.generate.generators) if g.backend == "api"]
+    bases += [(f"score.judges[{i}].api_base", j.api_base) for i, j in enumerate(cfg.score.judges)]
+    for key, base in bases:
+        if parse_local(base):
+            problems.append(f"{key}={base!r} starts a server on the driver's 127.0.0.1, which actors on the "
+                            f"other nodes of this cluster ({where}) cannot reach. Serve the open model with vLLM "
+                            "on the cluster (e.g. a Ray Serve / vLLM OpenAI server) and set its URL here, or use "
+                            "a vllm generator (backend: vllm).")
+    return problems
+
+
+def refuse_driver_local(cfg) -> None:
+    """Refuse, before any work starts, a run that would fail or hang on a multi-node cluster."""
+    from persodpo.errors import ConfigError
+
+    problems = driver_local_problems(cfg, cluster_shape())
+    if problems:
+        raise ConfigError("this run depends on the driver's machine:\n  - " + "\n  - ".join(problems))

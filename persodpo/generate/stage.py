@@ -168,7 +168,7 @@ def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prom
               stack: contextlib.ExitStack):
     from persodpo.generate import api_backend, vllm_backend
     from persodpo.local_server import local_servers
-    from persodpo.models import resolve_model
+    from persodpo.models import model_store, publish_model
 
     api_gens = [g for g in todo if g.backend == "api"]
     local = [(g.api_options.api_base, g.api_options.model or g.model) for g in api_gens]
@@ -180,7 +180,9 @@ def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prom
     branches = []
     for gen in todo:
         if gen.backend == "vllm":
-            branches.append(vllm_backend.generate(prompts, gen, cfg.generate, model_path=resolve_model(gen.model),
+            # Built or local models go through the run's object store: engines run on other nodes.
+            path = publish_model(gen.model, model_store(cfg.run.root, cfg.generate.output))
+            branches.append(vllm_backend.generate(prompts, gen, cfg.generate, model_path=path,
                                                   skip_ids=done_ids, only_prompts=only_prompts))
             continue
         api_base = urls.get(gen.api_options.api_base)

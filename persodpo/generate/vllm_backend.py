@@ -106,7 +106,10 @@ def processor_config(gen: GeneratorConfig, model_path: str, device: str):
 def _tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_path)
+    from persodpo.models import resolve_model
+
+    # Resolved here, on the worker: a published s3:// model is fetched into this node's cache.
+    return AutoTokenizer.from_pretrained(resolve_model(model_path))
 
 
 def vllm_requests(batch: pa.Table, *, generator: str, samples: int, template: str, word_limit: int,
