@@ -79,7 +79,9 @@ class TrainConfig(Section):
     seed: int = 42
 
     # -- DeepSpeed -------------------------------------------------------------------------------
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="0: no DeepSpeed (plain DDP)")
+    zero_stage: Literal[0, 1, 2, 3, "auto"] = Field(
+        2, description="0: no DeepSpeed (plain DDP); auto: from model size, device memory and workers "
+                       "(persodpo.train.zero.choose_zero_stage), recorded as zero_stage/zero_stage_reason")
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states in CPU memory")
     offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory")
 
@@ -126,7 +128,7 @@ class TrainConfig(Section):
                              "(they sort the pairs of a batch)")
         if self.margin_weight_min > self.margin_weight_max:
             raise ValueError("margin_weight_min is larger than margin_weight_max")
-        if self.offload_params and self.zero_stage != 3:
+        if self.offload_params and self.zero_stage not in (3, "auto"):
             raise ValueError("offload_params needs zero_stage=3")
         if (self.offload_optimizer or self.offload_params) and self.zero_stage == 0:
             raise ValueError("CPU offload needs DeepSpeed (zero_stage 1-3)")

@@ -45,6 +45,8 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
     import torch
     from trl import DPOConfig
 
+    if c.zero_stage == "auto":
+        raise ValueError("train.zero_stage=auto must be resolved first (persodpo.train.worker.resolve_zero_stage)")
     precision = resolve_precision(c.precision, on_gpu)
     ds = None
     if c.zero_stage:

@@ -80,10 +80,12 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     bucket = s3_env["bucket"]
     pairs_uri, out_uri = f"s3://{bucket}/pairs", f"s3://{bucket}/dpo"
     write_pairs(pairs_uri, easy_pairs(N_PAIRS))
-    rc, s, err = _run_cli(["--input", pairs_uri, "--output", out_uri, "--set", "train.zero_stage=2",
+    rc, s, err = _run_cli(["--input", pairs_uri, "--output", out_uri, "--set", "train.zero_stage=auto",
                            "--set", "train.margin_weighting=linear"])
     assert rc == 0, err[-3000:]
     assert s["ok"] and s["global_step"] == STEPS and s["world_size"] == 2 and s["n_pairs"] == N_PAIRS
+    # auto on CPU with 2 workers: ZeRO-2 (the verified gloo path), agreed by both ranks.
+    assert s["zero_stage"] == 2 and s["zero_stage_reason"].startswith("ZeRO-2:"), s
 
     # It learns the easy preference.
     losses = s["losses"]
@@ -120,6 +122,8 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     assert pairs_uri in card and "synthetic-easy" in card and "margin_weighting: linear" in card
     manifest = json.loads(st.read_bytes(f"{out_uri}/_manifest.json"))
     assert manifest["stage"] == "train" and manifest["pairs_uri"] == pairs_uri and manifest["global_step"] == STEPS
+    assert manifest["zero_stage"] == 2 and "host memory" in manifest["zero_stage_reason"]
+    assert f"{ckpt}/persodpo_run.json" in files        # a resumed auto run keeps this stage
 
     # The written model loads and differs from the base model.
     import torch
