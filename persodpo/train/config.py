@@ -49,6 +49,9 @@ class TrainConfig(Section):
         default_factory=lambda: ["content", "format"], description="which pair types to train on")
     max_length: int | None = Field(1024, ge=8, description="prompt + completion tokens; longer pairs are truncated")
     shuffle_seed: int = 42
+    group_by_length: bool = Field(True, description="batches of similar length (less padding); every pair once "
+                                                    "per epoch, the order fixed by shuffle_seed + epoch "
+                                                    "(persodpo.train.batching)")
     dataset_num_proc: int | None = Field(None, ge=1, description="processes per worker for TRL's tokenization "
                                                                  "(every worker tokenizes every pair)")
 

@@ -95,6 +95,8 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
         # Ray Train keeps the uploaded checkpoints; locally only the newest is needed.
         save_total_limit=1,
         dataloader_num_workers=0,
+        # PersoDPOTrainer replaces transformers' sampler for this value (persodpo.train.batching).
+        train_sampling_strategy="group_by_length" if c.group_by_length else "random",
         disable_tqdm=True,
     )
 
@@ -140,11 +142,52 @@ def _collate_with_weights(collator):
     return collate
 
 
-def weighted_trainer_class():
-    """DPOTrainer subclass reading per-pair weights from the dataset column ``pair_weight``."""
+def trainer_class(*, weighted: bool = False):
+    """TRL's DPOTrainer plus what persodpo adds: ``pad_share`` in every logged row (the share of
+    padded positions in the step's batches, all ranks), and per-pair weights when ``weighted``."""
     from trl import DPOTrainer
 
-    class WeightedDPOTrainer(DPOTrainer):
+    class PersoDPOTrainer(DPOTrainer):
+        _pair_sampler = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            from persodpo.train.batching import LengthGroupedPairSampler, pair_lengths
+
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            chosen, rejected = pair_lengths(ds.with_format("arrow")[:], self.args.max_length)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            self._pair_sampler = LengthGroupedPairSampler(
+                [max(a, b) for a, b in zip(chosen, rejected)],
+                batch_size=self.args.per_device_train_batch_size * max(self.args.world_size, 1), seed=seed)
+            return self._pair_sampler
+
+        def _run_epoch(self, *args, **kwargs):
+            # The epoch reaches the sampler here on every path, resumed mid-epoch on several ranks
+            # included (accelerate's set_epoch stops at its skip/shard wrappers there).
+            if self._pair_sampler is not None:
+                self._pair_sampler.set_epoch(kwargs["epoch"])
+            return super()._run_epoch(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            if mask is not None and self.model.training:
+                import torch
+
+                # [padded, all] positions of this micro-batch, summed over ranks (a collective that
+                # every rank reaches once per micro-batch, like TRL's own token counts).
+                counts = torch.tensor([mask.numel() - int(mask.sum()), mask.numel()], dtype=torch.float64,
+                                      device=mask.device)
+                counts = self.accelerator.gather(counts).reshape(-1, 2).sum(0)
+                self._metrics["train"]["pad_share"].append(float(counts[0] / counts[1]) if counts[1] else 0.0)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    if not weighted:
+        return PersoDPOTrainer
+
+    class WeightedDPOTrainer(PersoDPOTrainer):
         def __init__(self, *args, **kwargs):
             args_ = kwargs.get("args")
             if args_ is not None and args_.use_weighting:
@@ -168,3 +211,8 @@ def weighted_trainer_class():
                 self.use_weighting = False
 
     return WeightedDPOTrainer
+
+
+def weighted_trainer_class():
+    """DPOTrainer subclass reading per-pair weights from the dataset column ``pair_weight``."""
+    return trainer_class(weighted=True)

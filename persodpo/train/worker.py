@@ -109,7 +109,6 @@ def train_loop(config: dict) -> None:
     import ray.train
     import torch
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
 
     from persodpo.config import PersoDPOConfig
     from persodpo.errors import ConfigError
@@ -118,7 +117,7 @@ def train_loop(config: dict) -> None:
     from persodpo.train.callbacks import METRICS_FILE, RayTrainReport, SyncCheck
     from persodpo.train.card import model_card
     from persodpo.train.data import training_rows
-    from persodpo.train.dpo import dpo_args, lora_config, weighted_trainer_class
+    from persodpo.train.dpo import dpo_args, lora_config, trainer_class
     from persodpo.train.weighting import margin_weights
 
     timings = {"start": time.time()}
@@ -178,7 +177,7 @@ def train_loop(config: dict) -> None:
                                 extra_files={RUN_FILE: {"zero_stage": stage, "zero_stage_reason": stage_reason}})]
     if c.sync_check and world > 1 and c.zero_stage < 3:
         callbacks.append(SyncCheck(sync_record))
-    trainer_cls = weighted_trainer_class() if weights_fn else DPOTrainer
+    trainer_cls = trainer_class(weighted=weights_fn is not None)
     trainer = trainer_cls(model=model_path, args=dpo_args(c, output_dir=out_dir, world_size=world, on_gpu=on_gpu),
                           train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(c),
                           callbacks=callbacks)

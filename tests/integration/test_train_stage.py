@@ -49,12 +49,11 @@ def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> 
     from functools import partial
 
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
 
     from persodpo.config import load_config
     from persodpo.models import resolve_model
     from persodpo.train.data import training_rows
-    from persodpo.train.dpo import dpo_args, weighted_trainer_class
+    from persodpo.train.dpo import dpo_args, trainer_class
     from persodpo.train.weighting import margin_weights
 
     c = load_config(None, TRAIN + overrides + ["train.per_device_batch_size=4", "train.zero_stage=0",
@@ -65,7 +64,7 @@ def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> 
     args = dpo_args(c, output_dir=str(tmp_path / "single"), world_size=1, on_gpu=False)
     args.save_strategy = "no"
     path = resolve_model(c.model)
-    cls = weighted_trainer_class() if weights else DPOTrainer
+    cls = trainer_class(weighted=weights is not None)     # the same length-grouped sampler
     t = cls(model=path, args=args, train_dataset=datasets.Dataset(datasets.table.InMemoryTable(rows)),
             processing_class=AutoTokenizer.from_pretrained(path))
     t.train()
@@ -94,6 +93,7 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     steps = [m for m in history if "loss" in m]
     assert steps[-1]["rewards/accuracies"] == 1.0 and steps[-1]["rewards/margins"] > steps[0]["rewards/margins"]
     assert all(m["tokens_per_s"] > 0 for m in steps)
+    assert all(0 <= m["pad_share"] < 1 for m in steps)
 
     # The two workers hold identical weights after the first step and at the end, and they moved.
     checks = s["sync_check"]
