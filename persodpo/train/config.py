@@ -42,7 +42,10 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
     gradient_checkpointing: bool = False
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: transformers' default")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: transformers' "
+                                                              "default; FlashAttention falls back to sdpa on CPU")
+    liger: bool = Field(False, description="Liger's fused layer kernels through TRL (GPU only; ignored with a "
+                                           "log line on CPU; an error on a GPU without liger-kernel)")
 
     # -- data ------------------------------------------------------------------------------------
     pair_types: list[Literal["content", "format"]] = Field(

@@ -16,10 +16,14 @@ a TRL upgrade that moves the hook fails loudly.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from persodpo.train.data import WEIGHT
+from persodpo.train.kernels import installed, kernel_settings
 from persodpo.train.zero import zero_config
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from trl import DPOConfig
@@ -54,10 +58,16 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
                          grad_accum=c.gradient_accumulation_steps, world_size=world_size, precision=precision,
                          offload_optimizer=c.offload_optimizer, offload_params=c.offload_params,
                          grad_clip=c.max_grad_norm, on_gpu=on_gpu)
+    use_liger, attn, notes = kernel_settings(
+        liger=c.liger, attn_implementation=c.attn_implementation, on_gpu=on_gpu,
+        have_liger=on_gpu and installed("liger_kernel"),
+        have_flash=on_gpu and (c.attn_implementation != "flash_attention_2" or installed("flash_attn")))
+    for note in notes:
+        log.info("%s", note)
     # fp32 master weights; DeepSpeed (or autocast without it) computes in bf16/fp16.
     init_kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if c.attn_implementation:
-        init_kwargs["attn_implementation"] = c.attn_implementation
+    if attn:
+        init_kwargs["attn_implementation"] = attn
     return DPOConfig(
         output_dir=output_dir,
         # Without use_cpu on a CPU worker, accelerate under DeepSpeed does not pick up the process
@@ -87,6 +97,7 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
         max_length=c.max_length,
         dataset_num_proc=c.dataset_num_proc,
         precompute_ref_log_probs=c.precompute_ref_log_probs,
+        use_liger_kernel=use_liger,
         report_to=list(c.report_to) or "none",
         logging_steps=c.logging_steps,
         logging_first_step=True,
