@@ -43,7 +43,8 @@ def train_overrides(steps: int, batch: int) -> list[str]:
     return ["train.model=tiny:llama", "train.num_workers=2", f"train.per_device_batch_size={batch}",
             "train.gradient_accumulation_steps=1", f"train.max_steps={steps}", f"train.save_steps={10 * steps}",
             "train.logging_steps=1", "train.learning_rate=0.0005", "train.warmup_ratio=0.0", "train.max_length=128",
-            "train.zero_stage=2", "train.report_to=[none]", "train.sync_check=false", "ray.num_cpus=2",
+            "train.zero_stage=2", "train.group_by_length=false", "train.report_to=[none]", "train.sync_check=false",
+            "ray.num_cpus=2",
             "ray.progress_bars=false"]
 
 

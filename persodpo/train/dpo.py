@@ -106,8 +106,6 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
         # Ray Train keeps the uploaded checkpoints; locally only the newest is needed.
         save_total_limit=1,
         dataloader_num_workers=0,
-        # PersoDPOTrainer replaces transformers' sampler for this value (persodpo.train.batching).
-        train_sampling_strategy="group_by_length" if c.group_by_length else "random",
         disable_tqdm=True,
     )
 
@@ -153,16 +151,21 @@ def _collate_with_weights(collator):
     return collate
 
 
-def trainer_class(*, weighted: bool = False):
+def trainer_class(*, weighted: bool = False, group_by_length: bool = False):
     """TRL's DPOTrainer plus what persodpo adds: ``pad_share`` in every logged row (the share of
-    padded positions in the step's batches, all ranks), and per-pair weights when ``weighted``."""
+    padded positions in the step's batches, all ranks), length-grouped batches when
+    ``group_by_length`` (persodpo.train.batching; not transformers' ``train_sampling_strategy``,
+    which cannot read TRL's columns), and per-pair weights when ``weighted``."""
     from trl import DPOTrainer
+
+    group_by_length_ = group_by_length
 
     class PersoDPOTrainer(DPOTrainer):
         _pair_sampler = None
+        group_by_length = group_by_length_
 
         def _get_train_sampler(self, train_dataset=None):
-            if self.args.train_sampling_strategy != "group_by_length":
+            if not self.group_by_length:
                 return super()._get_train_sampler(train_dataset)
             from persodpo.train.batching import LengthGroupedPairSampler, pair_lengths
 

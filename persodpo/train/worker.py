@@ -177,7 +177,7 @@ def train_loop(config: dict) -> None:
                                 extra_files={RUN_FILE: {"zero_stage": stage, "zero_stage_reason": stage_reason}})]
     if c.sync_check and world > 1 and c.zero_stage < 3:
         callbacks.append(SyncCheck(sync_record))
-    trainer_cls = trainer_class(weighted=weights_fn is not None)
+    trainer_cls = trainer_class(weighted=weights_fn is not None, group_by_length=c.group_by_length)
     trainer = trainer_cls(model=model_path, args=dpo_args(c, output_dir=out_dir, world_size=world, on_gpu=on_gpu),
                           train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(c),
                           callbacks=callbacks)

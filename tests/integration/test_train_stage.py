@@ -64,7 +64,7 @@ def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> 
     args = dpo_args(c, output_dir=str(tmp_path / "single"), world_size=1, on_gpu=False)
     args.save_strategy = "no"
     path = resolve_model(c.model)
-    cls = trainer_class(weighted=weights is not None)     # the same length-grouped sampler
+    cls = trainer_class(weighted=weights is not None, group_by_length=c.group_by_length)   # the same sampler
     t = cls(model=path, args=args, train_dataset=datasets.Dataset(datasets.table.InMemoryTable(rows)),
             processing_class=AutoTokenizer.from_pretrained(path))
     t.train()

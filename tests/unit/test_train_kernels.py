@@ -39,6 +39,6 @@ def test_dpo_args_on_cpu_fall_back_and_pass_the_reference_and_sampler_settings(t
         a = dpo_args(c, output_dir=str(tmp_path), world_size=2, on_gpu=False)
     assert a.use_liger_kernel is False and a.model_init_kwargs["attn_implementation"] == "sdpa"
     assert "train.liger=true ignored" in caplog.text
-    assert a.precompute_ref_log_probs is True and a.train_sampling_strategy == "group_by_length"
-    off = load_config(None, ["train.zero_stage=0", "train.group_by_length=false", "train.report_to=[none]"]).train
-    assert dpo_args(off, output_dir=str(tmp_path), world_size=1, on_gpu=False).train_sampling_strategy == "random"
+    assert a.precompute_ref_log_probs is True
+    # transformers' own group_by_length cannot read TRL's columns: PersoDPOTrainer groups instead
+    assert a.train_sampling_strategy == "random"

@@ -133,10 +133,10 @@ def test_pad_share_is_logged_and_the_grouped_sampler_reads_trls_columns(trainer)
     assert 0 < trainer._metrics["train"]["pad_share"][0] < 1
     trainer._metrics["train"].clear()
 
-    trainer.args.train_sampling_strategy = "group_by_length"
+    trainer.group_by_length = True
     try:
         sampler = trainer._get_train_sampler()
     finally:
-        trainer.args.train_sampling_strategy = "random"
+        del trainer.group_by_length
     want = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
     assert sampler.lengths == want and sorted(sampler) == [0, 1, 2, 3]
