@@ -11,6 +11,15 @@ Target: ray_steps_per_s / direct_steps_per_s >= 0.95.
 
 Prints one JSON line per run and a final JSON summary. The machine may be shared: runs alternate
 (ray, direct, ray, direct, ...) so load changes hit both, and the load average is printed.
+
+Padding (no training, seconds): the share of padded positions in the micro-batches TRL builds,
+with the default random order and with ``train.group_by_length`` (persodpo.train.batching), on
+the bundled FoCus demo pairs and on any pairs output given with ``--pairs-uri`` (target < 15%):
+
+    PYTHONPATH=$PWD .venv/bin/python bench/train.py --padding [--pairs-uri PAIRS] [--batch 4]
+
+Lengths are those of TRL's tokenization (chat template of prompt + reply, cut at --max-length)
+with the demo's model tokenizer (--model); both orders are averaged over 3 epochs.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ def train_overrides(steps: int, batch: int) -> list[str]:
     return ["train.model=tiny:llama", "train.num_workers=2", f"train.per_device_batch_size={batch}",
             "train.gradient_accumulation_steps=1", f"train.max_steps={steps}", f"train.save_steps={10 * steps}",
             "train.logging_steps=1", "train.learning_rate=0.0005", "train.warmup_ratio=0.0", "train.max_length=128",
-            "train.zero_stage=2", "train.report_to=[none]", "train.sync_check=false", "ray.num_cpus=2",
+            "train.zero_stage=2", "train.group_by_length=false", "train.report_to=[none]", "train.sync_check=false",
+            "ray.num_cpus=2",
             "ray.progress_bars=false"]
 
 
@@ -93,6 +103,36 @@ def direct_worker(ns) -> None:
         Path(ns.result).write_text(json.dumps(res))
 
 
+def padding_report(table, name: str, *, model: str, batch: int, workers: int, max_length: int,
+                   epochs: int = 3) -> dict:
+    """Padded share of the per-rank micro-batches, random vs length-grouped order."""
+    from transformers import AutoTokenizer
+
+    from persodpo.models import resolve_model
+    from persodpo.train.batching import grouped_order, padded_share, random_order
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+
+    def n_tokens(messages) -> int:
+        return min(len(tok.apply_chat_template(messages, tokenize=True, return_dict=False)), max_length)
+
+    rows = table.select(["prompt", "chosen", "rejected"]).to_pylist()
+    chosen = [n_tokens(r["prompt"] + r["chosen"]) for r in rows]
+    rejected = [n_tokens(r["prompt"] + r["rejected"]) for r in rows]
+    longest = [max(a, b) for a, b in zip(chosen, rejected)]
+
+    def share(order) -> float:    # each rank pads its own micro-batch of `batch` pairs
+        return padded_share(chosen, rejected, [order[k:k + batch] for k in range(0, len(order), batch)])
+
+    seeds = range(42, 42 + epochs)
+    rand = sum(share(random_order(len(rows), s)) for s in seeds) / epochs
+    grouped = sum(share(grouped_order(longest, batch * workers, s)) for s in seeds) / epochs
+    return {"bench": "train-padding", "pairs": name, "n_pairs": len(rows), "model": model,
+            "per_device_batch": batch, "workers": workers, "max_length": max_length,
+            "tokens_min_median_max": [min(longest), sorted(longest)[len(longest) // 2], max(longest)],
+            "pad_share_random": round(rand, 4), "pad_share_grouped": round(grouped, 4), "target": 0.15}
+
+
 def _free_port() -> int:
     import socket
 
@@ -107,6 +147,11 @@ def main() -> None:
     ap.add_argument("--pairs-n", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--padding", action="store_true", help="padded-token share only (no training)")
+    ap.add_argument("--pairs-uri", help="--padding: also this pairs output (local or s3://)")
+    ap.add_argument("--model", default="packaged:smollm2-135m-instruct", help="--padding: tokenizer")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--direct-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pairs", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -116,6 +161,17 @@ def main() -> None:
     ns = ap.parse_args()
     if ns.direct_worker:
         return direct_worker(ns)
+    if ns.padding:
+        from persodpo import storage as st
+        from persodpo.train.synthetic import focus_pairs
+
+        sources = [("bundled-focus-demo", focus_pairs(shifts=(1, 2, 3)))]
+        if ns.pairs_uri:
+            sources.append((ns.pairs_uri, st.read_table(ns.pairs_uri)))
+        for name, table in sources:
+            print(json.dumps(padding_report(table, name, model=ns.model, batch=ns.batch, workers=ns.workers,
+                                            max_length=ns.max_length)), flush=True)
+        return
 
     from persodpo.train.synthetic import easy_pairs, write_pairs
 

@@ -49,11 +49,12 @@ class RayTrainReport(TrainerCallback):
     """
 
     def __init__(self, *, world_rank: int, local_rank: int, history: list[dict], report_every: int = 0,
-                 after_save: Callable[[str], None] | None = None):
+                 after_save: Callable[[str], None] | None = None, extra_files: dict[str, dict] | None = None):
         self.world_rank, self.local_rank = world_rank, local_rank
         self.report_every = report_every
         self.history = history
         self.after_save = after_save
+        self.extra_files = extra_files or {}
         self._t_last = time.time()
         self._tokens_last = 0.0
         self._hang_after = int(os.environ.get(HANG_ENV, "0") or 0)
@@ -86,6 +87,9 @@ class RayTrainReport(TrainerCallback):
         if self.world_rank == 0:
             with open(os.path.join(ckpt_dir, METRICS_FILE), "w") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self.history)
+            for name, content in self.extra_files.items():
+                with open(os.path.join(ckpt_dir, name), "w") as f:
+                    json.dump(content, f)
         _barrier()
         metrics = dict(self.history[-1]) if self.history else {}
         metrics["step"] = step

@@ -42,13 +42,19 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
     gradient_checkpointing: bool = False
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: transformers' default")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: transformers' "
+                                                              "default; FlashAttention falls back to sdpa on CPU")
+    liger: bool = Field(False, description="Liger's fused layer kernels through TRL (GPU only; ignored with a "
+                                           "log line on CPU; an error on a GPU without liger-kernel)")
 
     # -- data ------------------------------------------------------------------------------------
     pair_types: list[Literal["content", "format"]] = Field(
         default_factory=lambda: ["content", "format"], description="which pair types to train on")
     max_length: int | None = Field(1024, ge=8, description="prompt + completion tokens; longer pairs are truncated")
     shuffle_seed: int = 42
+    group_by_length: bool = Field(True, description="batches of similar length (less padding); every pair once "
+                                                    "per epoch, the order fixed by shuffle_seed + epoch "
+                                                    "(persodpo.train.batching)")
     dataset_num_proc: int | None = Field(None, ge=1, description="processes per worker for TRL's tokenization "
                                                                  "(every worker tokenizes every pair)")
 
@@ -79,7 +85,9 @@ class TrainConfig(Section):
     seed: int = 42
 
     # -- DeepSpeed -------------------------------------------------------------------------------
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="0: no DeepSpeed (plain DDP)")
+    zero_stage: Literal[0, 1, 2, 3, "auto"] = Field(
+        2, description="0: no DeepSpeed (plain DDP); auto: from model size, device memory and workers "
+                       "(persodpo.train.zero.choose_zero_stage), recorded as zero_stage/zero_stage_reason")
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states in CPU memory")
     offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory")
 
@@ -126,7 +134,7 @@ class TrainConfig(Section):
                              "(they sort the pairs of a batch)")
         if self.margin_weight_min > self.margin_weight_max:
             raise ValueError("margin_weight_min is larger than margin_weight_max")
-        if self.offload_params and self.zero_stage != 3:
+        if self.offload_params and self.zero_stage not in (3, "auto"):
             raise ValueError("offload_params needs zero_stage=3")
         if (self.offload_optimizer or self.offload_params) and self.zero_stage == 0:
             raise ValueError("CPU offload needs DeepSpeed (zero_stage 1-3)")

@@ -16,10 +16,14 @@ a TRL upgrade that moves the hook fails loudly.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from persodpo.train.data import WEIGHT
+from persodpo.train.kernels import installed, kernel_settings
 from persodpo.train.zero import zero_config
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from trl import DPOConfig
@@ -45,6 +49,8 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
     import torch
     from trl import DPOConfig
 
+    if c.zero_stage == "auto":
+        raise ValueError("train.zero_stage=auto must be resolved first (persodpo.train.worker.resolve_zero_stage)")
     precision = resolve_precision(c.precision, on_gpu)
     ds = None
     if c.zero_stage:
@@ -52,10 +58,16 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
                          grad_accum=c.gradient_accumulation_steps, world_size=world_size, precision=precision,
                          offload_optimizer=c.offload_optimizer, offload_params=c.offload_params,
                          grad_clip=c.max_grad_norm, on_gpu=on_gpu)
+    use_liger, attn, notes = kernel_settings(
+        liger=c.liger, attn_implementation=c.attn_implementation, on_gpu=on_gpu,
+        have_liger=on_gpu and installed("liger_kernel"),
+        have_flash=on_gpu and (c.attn_implementation != "flash_attention_2" or installed("flash_attn")))
+    for note in notes:
+        log.info("%s", note)
     # fp32 master weights; DeepSpeed (or autocast without it) computes in bf16/fp16.
     init_kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if c.attn_implementation:
-        init_kwargs["attn_implementation"] = c.attn_implementation
+    if attn:
+        init_kwargs["attn_implementation"] = attn
     return DPOConfig(
         output_dir=output_dir,
         # Without use_cpu on a CPU worker, accelerate under DeepSpeed does not pick up the process
@@ -85,6 +97,7 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
         max_length=c.max_length,
         dataset_num_proc=c.dataset_num_proc,
         precompute_ref_log_probs=c.precompute_ref_log_probs,
+        use_liger_kernel=use_liger,
         report_to=list(c.report_to) or "none",
         logging_steps=c.logging_steps,
         logging_first_step=True,
@@ -138,11 +151,57 @@ def _collate_with_weights(collator):
     return collate
 
 
-def weighted_trainer_class():
-    """DPOTrainer subclass reading per-pair weights from the dataset column ``pair_weight``."""
+def trainer_class(*, weighted: bool = False, group_by_length: bool = False):
+    """TRL's DPOTrainer plus what persodpo adds: ``pad_share`` in every logged row (the share of
+    padded positions in the step's batches, all ranks), length-grouped batches when
+    ``group_by_length`` (persodpo.train.batching; not transformers' ``train_sampling_strategy``,
+    which cannot read TRL's columns), and per-pair weights when ``weighted``."""
     from trl import DPOTrainer
 
-    class WeightedDPOTrainer(DPOTrainer):
+    group_by_length_ = group_by_length
+
+    class PersoDPOTrainer(DPOTrainer):
+        _pair_sampler = None
+        group_by_length = group_by_length_
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            from persodpo.train.batching import LengthGroupedPairSampler, pair_lengths
+
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            chosen, rejected = pair_lengths(ds.with_format("arrow")[:], self.args.max_length)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            self._pair_sampler = LengthGroupedPairSampler(
+                [max(a, b) for a, b in zip(chosen, rejected)],
+                batch_size=self.args.per_device_train_batch_size * max(self.args.world_size, 1), seed=seed)
+            return self._pair_sampler
+
+        def _run_epoch(self, *args, **kwargs):
+            # The epoch reaches the sampler here on every path, resumed mid-epoch on several ranks
+            # included (accelerate's set_epoch stops at its skip/shard wrappers there).
+            if self._pair_sampler is not None:
+                self._pair_sampler.set_epoch(kwargs["epoch"])
+            return super()._run_epoch(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            if mask is not None and self.model.training:
+                import torch
+
+                # [padded, all] positions of this micro-batch, summed over ranks (a collective that
+                # every rank reaches once per micro-batch, like TRL's own token counts).
+                counts = torch.tensor([mask.numel() - int(mask.sum()), mask.numel()], dtype=torch.float64,
+                                      device=mask.device)
+                counts = self.accelerator.gather(counts).reshape(-1, 2).sum(0)
+                self._metrics["train"]["pad_share"].append(float(counts[0] / counts[1]) if counts[1] else 0.0)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    if not weighted:
+        return PersoDPOTrainer
+
+    class WeightedDPOTrainer(PersoDPOTrainer):
         def __init__(self, *args, **kwargs):
             args_ = kwargs.get("args")
             if args_ is not None and args_.use_weighting:
@@ -166,3 +225,8 @@ def weighted_trainer_class():
                 self.use_weighting = False
 
     return WeightedDPOTrainer
+
+
+def weighted_trainer_class():
+    """DPOTrainer subclass reading per-pair weights from the dataset column ``pair_weight``."""
+    return trainer_class(weighted=True)

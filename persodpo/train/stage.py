@@ -201,5 +201,6 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             "global_step": summary.get("global_step"), "resumed_from_step": summary.get("resumed_from_step"),
             "first_loss": fields["first_loss"], "last_loss": fields["last_loss"], "losses": _thin(losses),
             "mean_tokens_per_s": fields["mean_tokens_per_s"], "sync_check": summary.get("sync_check"),
-            "world_size": summary.get("world_size"),
-            "weights_digest": fields["weights_digest"], "wall_time_s": round(time.time() - t0, 2)}
+            "world_size": summary.get("world_size"), "zero_stage": summary.get("zero_stage"),
+            "zero_stage_reason": summary.get("zero_stage_reason"), "weights_digest": fields["weights_digest"],
+            "wall_time_s": round(time.time() - t0, 2)}

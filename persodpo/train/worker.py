@@ -17,6 +17,62 @@ from functools import partial
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
+RUN_FILE = "persodpo_run.json"    # inside each checkpoint: the resolved ZeRO stage it was written under
+
+
+def _min_over_ranks(value: float, on_gpu: bool) -> float:
+    """The smallest ``value`` of all ranks (every rank must choose the same ZeRO stage)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if on_gpu else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
+
+
+def _device_bytes(on_gpu: bool, local_rank: int, local_world: int) -> float:
+    if on_gpu:
+        import torch
+
+        return float(torch.cuda.get_device_properties(local_rank).total_memory)
+    # CPU workers of one node share its memory.
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / max(local_world, 1)
+
+
+def _checkpoint_run_info(checkpoint) -> dict | None:
+    """RUN_FILE of a Ray Train checkpoint, read alone (not the whole checkpoint), or None."""
+    import pyarrow.fs as pafs
+
+    if checkpoint is None:
+        return None
+    path = checkpoint.path.rstrip("/") + "/" + RUN_FILE
+    if checkpoint.filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with checkpoint.filesystem.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def resolve_zero_stage(c, *, model_path: str, world: int, on_gpu: bool, local_rank: int, local_world: int,
+                       resumed: dict | None) -> tuple[int, str]:
+    """train.zero_stage as a number, and why. A resumed run keeps the stage its checkpoint was
+    written under (DeepSpeed cannot load another stage's optimizer shards)."""
+    from persodpo.train.dpo import resolve_precision
+    from persodpo.train.zero import choose_zero_stage, count_parameters
+
+    if c.zero_stage != "auto":
+        return int(c.zero_stage), "set in train.zero_stage"
+    if resumed and "zero_stage" in resumed:
+        stage = int(resumed["zero_stage"])
+        return stage, f"ZeRO-{stage}: the stage the resumed checkpoint was written under"
+    n, trainable = count_parameters(model_path, lora_trainable=0.01 if c.lora.enabled else None)
+    return choose_zero_stage(
+        n_params=n, trainable=trainable, world_size=world, on_gpu=on_gpu,
+        device_bytes=_min_over_ranks(_device_bytes(on_gpu, local_rank, local_world), on_gpu),
+        precision=resolve_precision(c.precision, on_gpu), grad_accum=c.gradient_accumulation_steps,
+        ref_copy=not (c.lora.enabled or c.precompute_ref_log_probs), offload_optimizer=c.offload_optimizer,
+        offload_params=c.offload_params)
 
 
 def _dataset_table(shard):
@@ -53,7 +109,6 @@ def train_loop(config: dict) -> None:
     import ray.train
     import torch
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
 
     from persodpo.config import PersoDPOConfig
     from persodpo.errors import ConfigError
@@ -62,7 +117,7 @@ def train_loop(config: dict) -> None:
     from persodpo.train.callbacks import METRICS_FILE, RayTrainReport, SyncCheck
     from persodpo.train.card import model_card
     from persodpo.train.data import training_rows
-    from persodpo.train.dpo import dpo_args, lora_config, weighted_trainer_class
+    from persodpo.train.dpo import dpo_args, lora_config, trainer_class
     from persodpo.train.weighting import margin_weights
 
     timings = {"start": time.time()}
@@ -71,6 +126,14 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world, local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
     on_gpu = bool(config["use_gpu"]) and torch.cuda.is_available()
+    model_path = resolve_model(c.model)
+    checkpoint = ray.train.get_checkpoint()
+    stage, stage_reason = resolve_zero_stage(c, model_path=model_path, world=world, on_gpu=on_gpu,
+                                             local_rank=local_rank, local_world=ctx.get_local_world_size(),
+                                             resumed=_checkpoint_run_info(checkpoint))
+    if rank == 0:
+        log.info("train.zero_stage=%s -> %s", c.zero_stage, stage_reason)
+    c = c.model_copy(update={"zero_stage": stage})
     if c.zero_stage:
         import deepspeed
 
@@ -87,7 +150,6 @@ def train_loop(config: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", os.path.join(local, "tensorboard"))
 
-    model_path = resolve_model(c.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -103,7 +165,6 @@ def train_loop(config: dict) -> None:
     history: list[dict] = []
     sync_record: list[dict] = []
     resumed_step = None
-    checkpoint = ray.train.get_checkpoint()
 
     def after_save(ckpt_dir: str) -> None:
         # TensorBoard events so far, next to the checkpoints (rank 0 only writes them).
@@ -112,10 +173,11 @@ def train_loop(config: dict) -> None:
             upload_dir(tb, join(c.output, "tensorboard"), cfg.storage)
 
     callbacks = [RayTrainReport(world_rank=rank, local_rank=local_rank, history=history,
-                                report_every=c.ray_report_steps, after_save=after_save)]
+                                report_every=c.ray_report_steps, after_save=after_save,
+                                extra_files={RUN_FILE: {"zero_stage": stage, "zero_stage_reason": stage_reason}})]
     if c.sync_check and world > 1 and c.zero_stage < 3:
         callbacks.append(SyncCheck(sync_record))
-    trainer_cls = weighted_trainer_class() if weights_fn else DPOTrainer
+    trainer_cls = trainer_class(weighted=weights_fn is not None, group_by_length=c.group_by_length)
     trainer = trainer_cls(model=model_path, args=dpo_args(c, output_dir=out_dir, world_size=world, on_gpu=on_gpu),
                           train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(c),
                           callbacks=callbacks)
@@ -147,6 +209,7 @@ def train_loop(config: dict) -> None:
     summary = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch, "pairs_trained": kept,
                "pairs_dropped_too_long": rows.num_rows - kept,
                "resumed_from_step": resumed_step, "world_size": world, "on_gpu": on_gpu,
+               "zero_stage": stage, "zero_stage_reason": stage_reason,
                "sync_check": sync_record, "timings": {k: round(v - timings["start"], 3) for k, v in timings.items()},
                "history": history}
     if rank == 0:

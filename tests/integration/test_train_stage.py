@@ -49,12 +49,11 @@ def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> 
     from functools import partial
 
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
 
     from persodpo.config import load_config
     from persodpo.models import resolve_model
     from persodpo.train.data import training_rows
-    from persodpo.train.dpo import dpo_args, weighted_trainer_class
+    from persodpo.train.dpo import dpo_args, trainer_class
     from persodpo.train.weighting import margin_weights
 
     c = load_config(None, TRAIN + overrides + ["train.per_device_batch_size=4", "train.zero_stage=0",
@@ -65,7 +64,7 @@ def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> 
     args = dpo_args(c, output_dir=str(tmp_path / "single"), world_size=1, on_gpu=False)
     args.save_strategy = "no"
     path = resolve_model(c.model)
-    cls = weighted_trainer_class() if weights else DPOTrainer
+    cls = trainer_class(weighted=weights is not None, group_by_length=c.group_by_length)   # the same sampler
     t = cls(model=path, args=args, train_dataset=datasets.Dataset(datasets.table.InMemoryTable(rows)),
             processing_class=AutoTokenizer.from_pretrained(path))
     t.train()
@@ -80,10 +79,12 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     bucket = s3_env["bucket"]
     pairs_uri, out_uri = f"s3://{bucket}/pairs", f"s3://{bucket}/dpo"
     write_pairs(pairs_uri, easy_pairs(N_PAIRS))
-    rc, s, err = _run_cli(["--input", pairs_uri, "--output", out_uri, "--set", "train.zero_stage=2",
+    rc, s, err = _run_cli(["--input", pairs_uri, "--output", out_uri, "--set", "train.zero_stage=auto",
                            "--set", "train.margin_weighting=linear"])
     assert rc == 0, err[-3000:]
     assert s["ok"] and s["global_step"] == STEPS and s["world_size"] == 2 and s["n_pairs"] == N_PAIRS
+    # auto on CPU with 2 workers: ZeRO-2 (the verified gloo path), agreed by both ranks.
+    assert s["zero_stage"] == 2 and s["zero_stage_reason"].startswith("ZeRO-2:"), s
 
     # It learns the easy preference.
     losses = s["losses"]
@@ -92,6 +93,7 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     steps = [m for m in history if "loss" in m]
     assert steps[-1]["rewards/accuracies"] == 1.0 and steps[-1]["rewards/margins"] > steps[0]["rewards/margins"]
     assert all(m["tokens_per_s"] > 0 for m in steps)
+    assert all(0 <= m["pad_share"] < 1 for m in steps)
 
     # The two workers hold identical weights after the first step and at the end, and they moved.
     checks = s["sync_check"]
@@ -120,6 +122,8 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     assert pairs_uri in card and "synthetic-easy" in card and "margin_weighting: linear" in card
     manifest = json.loads(st.read_bytes(f"{out_uri}/_manifest.json"))
     assert manifest["stage"] == "train" and manifest["pairs_uri"] == pairs_uri and manifest["global_step"] == STEPS
+    assert manifest["zero_stage"] == 2 and "host memory" in manifest["zero_stage_reason"]
+    assert f"{ckpt}/persodpo_run.json" in files        # a resumed auto run keeps this stage
 
     # The written model loads and differs from the base model.
     import torch

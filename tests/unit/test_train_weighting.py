@@ -144,3 +144,24 @@ def test_weights_reach_the_loss_through_the_training_loop(tmp_path):
         t.train()
         losses.append(next(h["loss"] for h in t.state.log_history if "loss" in h))
     assert losses[1] == pytest.approx(2 * losses[0], rel=1e-5)
+
+
+def test_pad_share_is_logged_and_the_grouped_sampler_reads_trls_columns(trainer):
+    """compute_loss records the padded share of its batch (all ranks) for every logged row, and
+    the length-grouped sampler gets one length per pair from TRL's tokenized columns."""
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    trainer._metrics["train"].clear()
+    trainer.compute_loss(trainer.model, batch)
+    mask = batch["attention_mask"]
+    assert trainer._metrics["train"]["pad_share"] == [pytest.approx(1 - float(mask.sum()) / mask.numel())]
+    assert 0 < trainer._metrics["train"]["pad_share"][0] < 1
+    trainer._metrics["train"].clear()
+
+    trainer.group_by_length = True
+    try:
+        sampler = trainer._get_train_sampler()
+    finally:
+        del trainer.group_by_length
+    want = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
+    assert sampler.lengths == want and sorted(sampler) == [0, 1, 2, 3]
