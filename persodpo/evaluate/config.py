@@ -7,10 +7,15 @@
       baselines:                           # other models to compare (e.g. the `simple` recipe's model)
         - {name: simple-dpo, model: s3://bucket/runs/simple/train}
       authors_outputs: /data/authors       # an authors' import: their valid-set outputs join the comparison
+      judges:                              # held-out judges (default: the score section's, with a warning)
+        - {name: claude, model: anthropic/claude-3-5-haiku-latest, api_key_env: ANTHROPIC_API_KEY}
+      metrics: [format, length, persona_coverage, reference]   # default: the score section's
 
 The trained model (``input``: the train stage output) and the base model (``train.model``) are
-generated with the same template, sampling and metrics as the training data (``generate`` and
-``score`` sections), so the comparison is like for like.
+generated with the same template and sampling as the training data (``generate`` section) and, by
+default, scored with the same metrics and judges (``score`` section). A judge that built the
+training pairs grades the model by the reward it was trained on: ``judges`` / ``metrics`` name
+evaluation's own, and reusing a training judge is warned about (persodpo.score.heldout).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from persodpo.score.config import JudgeSpec, MetricSpec
 from persodpo.sections import Section
 
 
@@ -43,5 +49,8 @@ class EvaluateConfig(Section):
                             "options); transformers: persodpo's local OpenAI server through litellm (tiny models, "
                             "tests: starts in seconds)")
     temperature: float = Field(0.0, ge=0, description="greedy by default: the comparison should not hinge on sampling")
-    judges: bool = Field(True, description="run the score section's LLM judges on the held-out replies too")
+    judges: bool | list[JudgeSpec] = Field(
+        True, description="true: the score section's LLM judges (warned: they built the training pairs); false: none; "
+                          "a list: evaluation's own judges, held out from training")
+    metrics: list[MetricSpec] | None = Field(None, description="null: the score section's metrics; a list: its own")
     length_buckets: int = Field(4, ge=1, le=20)

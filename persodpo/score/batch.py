@@ -76,6 +76,41 @@ def judge_column(judge: str, dim: str) -> str:
     return f"judge_{judge}_{dim}"
 
 
+# The judge actors' bookkeeping columns: private (underscore), read by the final step and the
+# driver, never written to the scores table. One home for their names.
+def status_column(judge: str, dim: str) -> str:
+    """Per row: the judgment's status (persodpo.score.judges.STATUSES)."""
+    return f"_jstat_{judge}_{dim}"
+
+
+def tokens_column(judge: str) -> str:
+    return f"_jtok_{judge}"
+
+
+def cost_column(judge: str) -> str:
+    return f"_jcost_{judge}"
+
+
+def new_entries_column(judge: str) -> str:
+    """Per row: JSON list of new cache entries (answers this run paid for), for the driver to store."""
+    return f"_jnew_{judge}"
+
+
+def audit_column(judge: str, dim: str) -> str:
+    """Per row: a score the judge gave its own generator's reply for the audit only (never in the panel)."""
+    return f"_jaudit_{judge}_{dim}"
+
+
+WORDS_COLUMN = "_jwords"   # the reply's word count (str.split), for the judges' length-bias audit
+
+
+def bookkeeping_columns(judges: list[str], dims: list[str]) -> tuple[str, ...]:
+    """Every private judge column the final step passes through to the driver."""
+    return tuple([WORDS_COLUMN] + [status_column(j, d) for j in judges for d in dims] +
+                 [audit_column(j, d) for j in judges for d in dims] +
+                 [f(j) for f in (tokens_column, cost_column, new_entries_column) for j in judges])
+
+
 def panel_columns(judges: list[str], dims: list[str]) -> list[str]:
     cols = [judge_column(j, d) for j in judges for d in dims]
     for d in dims:
@@ -157,7 +192,7 @@ def finalize(batch: pa.Table, *, groups: list[tuple[str, list[str]]], schema: pa
         tok = [0] * n
         cost = [0.0] * n
         for j in judges:
-            for r, (t, c) in enumerate(zip(cols.get(f"_jtok_{j}", 0), cols.get(f"_jcost_{j}", 0.0))):
+            for r, (t, c) in enumerate(zip(cols.get(tokens_column(j), 0), cols.get(cost_column(j), 0.0))):
                 tok[r] += int(t or 0)
                 cost[r] += float(c or 0.0)
         judge_tokens = pa.array(tok, type=pa.int64())

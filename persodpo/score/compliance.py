@@ -6,8 +6,10 @@
   format_single          nothing but that one object (JSON; a Markdown code fence is tolerated), or
                          for plain replies no second speaker turn
   format_no_role_prefix  neither the output nor the reply starts with "User2:", "Response:", ...
-  format_not_truncated   the output was not cut off (an object left open; a plain reply that
-                         stops mid-sentence)
+  format_not_truncated   the output was not cut off: from the candidate's ``finish_reason`` when
+                         it has one (``length`` = the token limit cut it; any other = not cut);
+                         only without it (the authors' data) guessed from the text (an object
+                         left open; a plain reply that stops mid-sentence)
   format_ok              all four (1.0) or not (0.0)
 ``length`` reads the extracted **text**: ``length_words`` and ``length_ok`` (inside
 [min_words, word_limit]). Not "shorter is better": any length inside the window is compliant.
@@ -96,19 +98,19 @@ def check_plain(raw: str) -> tuple[float, float, float, float]:
 
 class FormatCompliance(DeterministicMetric):
     name = "format"
-    reads = ("raw", "template")
+    reads = ("raw", "template", "finish_reason")
     description = "raw output followed the requested format: one object, no role prefix, not truncated"
 
     def writes(self) -> list[str]:
         return ["format_ok", *FORMAT_PARTS]
 
     def compute(self, cols: Cols) -> Result:
-        raws, templates = cols["raw"], cols.get("template")
+        raws, templates, finish = cols["raw"], cols.get("template"), cols.get("finish_reason")
         fmt_cfg = self.cfg.response_format
         allow_fence = bool(self.param("allow_code_fence", True))
         out = {c: [] for c in self.writes()}
         errors: list[str | None] = []
-        for raw, template in zip(raws, templates):
+        for raw, template, fin in zip(raws, templates, finish):
             if raw is None:
                 for c in out:
                     out[c].append(None)
@@ -116,6 +118,10 @@ class FormatCompliance(DeterministicMetric):
                 continue
             fmt = template_format(template, fmt_cfg)
             parts = check_json(raw, allow_fence=allow_fence) if fmt == "json" else check_plain(raw)
+            if fin:
+                # The server knows whether its token limit cut the reply; the text can only hint
+                # (a plain reply may end without punctuation, a JSON one may close by chance).
+                parts = (*parts[:3], 0.0 if fin == "length" else 1.0)
             for c, v in zip(FORMAT_PARTS, parts):
                 out[c].append(v)
             out["format_ok"].append(min(parts))

@@ -28,10 +28,6 @@ from persodpo.sections import Section
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
-# Public hub models for production (downloaded on the cluster); tests pass tiny/packaged ones.
-DEFAULT_NLI_MODEL = "cross-encoder/nli-deberta-v3-base"
-DEFAULT_EMBEDDING_MODEL = "packaged:all-minilm-l6-v2"   # the real all-MiniLM-L6-v2, shipped in a wheel
-DEFAULT_UNIEVAL_MODEL = "MingZhong/unieval-dialog"
 
 
 class MetricSpec(Section):
@@ -90,6 +86,12 @@ class PanelConfig(Section):
     scale: tuple[int, int] = (1, 5)
     context_turns: int = Field(6, ge=1, description="last turns of the dialogue shown to the judge")
     skip_own_generator: bool = True
+    audit_own_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="with skip_own_generator: share of a judge's own generator's replies it still "
+                                         "scores for the self-preference audit only (never in the panel; costs requests)")
+    max_error_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="the stage fails (nothing committed) when more of a judge's requests than this "
+                                         "failed or gave no usable score: null columns would silently drop candidates")
     budget_usd: float | None = Field(None, gt=0, description="stop sending judge requests before this is exceeded")
     cost_safety_factor: float = Field(1.25, ge=1.0, description="prompt-token estimate margin for budget reservations")
     cache: str | None = Field("auto", description="judge cache URI (local or s3://); 'auto' = <output>.judge-cache; "
@@ -109,8 +111,12 @@ class PanelConfig(Section):
 
 
 def _default_metrics() -> list[MetricSpec]:
+    # Each metric's default model lives on its class (persodpo.score.registry), so this module
+    # needs no metric module at import time (they import it for type hints only).
+    from persodpo.score.embeddings import PersonaSimilarity
+
     return [MetricSpec(name=n) for n in ("format", "length", "persona_coverage", "reference")] + [
-        MetricSpec(name="persona_similarity", model=DEFAULT_EMBEDDING_MODEL)]
+        MetricSpec(name="persona_similarity", model=PersonaSimilarity.default_model)]
 
 
 class ScoreConfig(Section):

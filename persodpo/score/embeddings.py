@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from persodpo.score.config import DEFAULT_EMBEDDING_MODEL
+from persodpo.score.devices import pick_device
 from persodpo.score.metric import Cols, ModelMetric, Result
-from persodpo.score.nli import pick_device
 
 
 class Embedder:
@@ -79,7 +78,7 @@ def load_embedder(source: str, num_gpus: float = 0.0, **kw: Any) -> Embedder:
 class PersonaSimilarity(ModelMetric):
     name = "persona_similarity"
     family = "embedding"
-    default_model = DEFAULT_EMBEDDING_MODEL
+    default_model = "packaged:all-minilm-l6-v2"   # the real all-MiniLM-L6-v2, shipped in a wheel
     reads = ("text", "persona")
     description = "cosine similarity of reply and persona sentence embeddings"
 

@@ -27,14 +27,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from persodpo.score.batch import judge_column
+from persodpo.score.batch import (WORDS_COLUMN, audit_column, cost_column, judge_column, new_entries_column,
+                                  status_column, tokens_column)
 from persodpo.score.metric import Cols, error_column
 from persodpo.score.text import render_history
 
 # Row status of one judgment (counted per judge in the manifest).
 OK, CACHED, MALFORMED, OUT_OF_RANGE = "ok", "cached", "malformed", "out_of_range"
 REQUEST_ERROR, BUDGET, SKIPPED_OWN, NO_TEXT = "request_error", "budget", "skipped_own", "no_text"
-STATUSES = (OK, CACHED, MALFORMED, OUT_OF_RANGE, REQUEST_ERROR, BUDGET, SKIPPED_OWN, NO_TEXT)
+# Own generator's reply scored for the self-preference audit only (skipped for the panel).
+AUDIT_OWN = "audit_own"
+STATUSES = (OK, CACHED, MALFORMED, OUT_OF_RANGE, REQUEST_ERROR, BUDGET, SKIPPED_OWN, NO_TEXT, AUDIT_OWN)
 
 
 # -- rubrics -------------------------------------------------------------------------------------
@@ -61,12 +64,21 @@ def load_rubric(name: str) -> tuple[str, str]:
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def scale_anchors(scale: tuple[int, int]) -> dict[str, int]:
+    """``anchor1``..``anchor5``: the five rubric levels placed evenly on ``panel.scale`` (on 1..5
+    they are 1..5; on 0..10 they are 0, 2, 5, 8, 10), so a rubric written once fits any scale."""
+    lo, hi = scale
+    return {f"anchor{k}": int(round(lo + (k - 1) * (hi - lo) / 4)) for k in range(1, 6)}
+
+
 def judge_messages(template: str, *, persona: list[str] | None, history: list[dict] | None, reply: str,
                    context_turns: int, scale: tuple[int, int]) -> list[dict]:
+    # The rubric names the scale through $low/$high/$anchorK, never literal numbers: the answer
+    # is constrained to panel.scale, so a rubric saying "1 to 5" on a 0..10 panel would confuse it.
     text = string.Template(template).safe_substitute(
         persona="\n".join(f"- {p}" for p in (persona or [])) or "(none given)",
         context=render_history(history, context_turns) or "(no earlier turns)",
-        reply=reply, low=scale[0], high=scale[1])
+        reply=reply, low=scale[0], high=scale[1], **scale_anchors(scale))
     return [{"role": "user", "content": text}]
 
 
@@ -151,6 +163,15 @@ class Judgment:
     tokens: int = 0
     cost: float = 0.0
     entry: dict | None = None     # a new cache entry (an answer this run paid for)
+    audit: float | None = None    # a score of the judge's own generator, for the audit only
+
+
+def audit_sampled(candidate_id: str, share: float) -> bool:
+    """Deterministic sample of a share of the candidates (the same ones on every rerun: cached)."""
+    if share <= 0:
+        return False
+    h = int(hashlib.sha256(f"audit\x1f{candidate_id}".encode()).hexdigest()[:8], 16)
+    return h < share * 0x1_0000_0000
 
 
 def request_params(judge, scale: tuple[int, int]) -> dict:
@@ -224,6 +245,12 @@ class JudgeActor:
         self.memo[key] = entry
         return Judgment(score, status, reason, tokens, float(res.cost_usd or 0.0), entry)
 
+    async def _audit_own(self, messages: list[dict], key: str, skipped: Judgment) -> Judgment:
+        """Ask about the judge's own generator for the self-preference audit; the row stays
+        skipped for the panel, and the request is paid and cached like any other."""
+        j = await self._ask(messages, key)
+        return Judgment(None, AUDIT_OWN, skipped.reason, j.tokens, j.cost, j.entry, audit=j.score)
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from persodpo.score.cache import judgment_key
 
@@ -234,10 +261,12 @@ class JudgeActor:
         jobs = []
         for r in range(n):
             text, gen = cols["text"][r], cols["generator"][r]
+            own = skip_gen is not None and gen == skip_gen
+            audit = own and audit_sampled(cols["candidate_id"][r], self.panel.audit_own_share)
             for d in dims:
-                if skip_gen is not None and gen == skip_gen:
-                    jobs.append(_done(Judgment(None, SKIPPED_OWN, f"judge {self.judge.name} does not score its own "
-                                                                  f"generator ({gen})")))
+                skipped = Judgment(None, SKIPPED_OWN, f"judge {self.judge.name} does not score its own generator ({gen})")
+                if own and not audit:
+                    jobs.append(_done(skipped))
                     continue
                 if text is None or not text.strip():
                     jobs.append(_done(Judgment(None, NO_TEXT, "no usable text")))
@@ -246,7 +275,7 @@ class JudgeActor:
                 msgs = judge_messages(template, persona=cols["persona"][r], history=cols["history"][r], reply=text,
                                       context_turns=self.panel.context_turns, scale=self.scale)
                 key = judgment_key(self.namespace, d, rubric_hash, cols["candidate_id"][r], msgs)
-                jobs.append(self._ask(msgs, key))
+                jobs.append(self._audit_own(msgs, key, skipped) if audit else self._ask(msgs, key))
         results: list[Judgment] = await asyncio.gather(*jobs)
         name = self.judge.name
         # New cache entries travel back with their row, for the driver to store.
@@ -254,7 +283,7 @@ class JudgeActor:
         for k, x in enumerate(results):
             if x.entry is not None:
                 per_row[k // len(dims)].append(x.entry)
-        batch = _append(batch, f"_jnew_{name}", pa.array([json.dumps(e) if e else None for e in per_row],
+        batch = _append(batch, new_entries_column(name), pa.array([json.dumps(e) if e else None for e in per_row],
                                                          type=pa.string()))
         tok = [0] * n
         cost = [0.0] * n
@@ -263,12 +292,15 @@ class JudgeActor:
             col = judge_column(name, d)
             batch = _append(batch, col, pa.array([x.score for x in rs], type=pa.float64()))
             batch = _append(batch, error_column(col), pa.array([x.reason for x in rs], type=pa.string()))
-            batch = _append(batch, f"_jstat_{name}_{d}", pa.array([x.status for x in rs], type=pa.string()))
+            batch = _append(batch, status_column(name, d), pa.array([x.status for x in rs], type=pa.string()))
+            batch = _append(batch, audit_column(name, d), pa.array([x.audit for x in rs], type=pa.float64()))
             for r, x in enumerate(rs):
                 tok[r] += x.tokens
                 cost[r] += x.cost
-        batch = _append(batch, f"_jtok_{name}", pa.array(tok, type=pa.int64()))
-        return _append(batch, f"_jcost_{name}", pa.array(cost, type=pa.float64()))
+        batch = _append(batch, WORDS_COLUMN, pa.array([None if t is None else float(len(t.split()))
+                                                       for t in cols["text"]], type=pa.float64()))
+        batch = _append(batch, tokens_column(name), pa.array(tok, type=pa.int64()))
+        return _append(batch, cost_column(name), pa.array(cost, type=pa.float64()))
 
 
 async def _done(j: Judgment) -> Judgment:

@@ -5,7 +5,10 @@
 their classifier once on the concatenated persona; scoring per sentence keeps one contradicted
 fact from being averaged away. ``params``: ``premise`` = ``reply`` (default: the reply is the
 premise, the persona fact the hypothesis, as in Dialogue NLI) or ``persona``; ``mode`` =
-``argmax`` (default, the paper's definition) or ``expected`` (p_entail - p_contradict, smoother).
+``argmax`` (default, the paper's definition) or ``expected`` (p_entail - p_contradict, smoother);
+``persona_perspective`` = ``user`` (default: FoCus personas are the user's and replies say "you",
+so "I love X." becomes "You love X.", persodpo.score.perspective) or ``speaker`` (verbatim, the
+paper's setting).
 
 ``coherence_nli`` (Dziri et al., 2019 style): premise = the last ``context_turns`` turns of the
 dialogue (default 2), hypothesis = the reply; score = p_entail - p_contradict (``score`` param:
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from persodpo.score.config import DEFAULT_NLI_MODEL
+from persodpo.score.devices import pick_device
 from persodpo.score.metric import Cols, ModelMetric, Result
 from persodpo.score.text import render_history
 
@@ -41,12 +44,6 @@ def label_order(id2label: dict) -> list[int]:
         raise ValueError(f"NLI model labels {dict(id2label)} do not name {missing} "
                          "(need entailment/neutral/contradiction in config.id2label)")
     return [found["entail"], found["neutral"], found["contradict"]]
-
-
-def pick_device(num_gpus: float) -> str:
-    import torch
-
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 class NliModel:
@@ -102,21 +99,32 @@ def c_score_from_probs(probs: np.ndarray, mode: str = "argmax") -> float:
 class CScore(ModelMetric):
     name = "c_score"
     family = "nli"
-    default_model = DEFAULT_NLI_MODEL
+    default_model = "cross-encoder/nli-deberta-v3-base"
     reads = ("text", "persona")
     description = "persona consistency: NLI per persona sentence vs the reply, summed (Madotto et al.)"
+
+    def __init__(self, spec, cfg):
+        super().__init__(spec, cfg)
+        self.perspective = self.param("persona_perspective", "user")
+        if self.perspective not in ("user", "speaker"):
+            from persodpo.errors import ConfigError
+
+            raise ConfigError(f"persona_perspective {self.perspective!r}: use user or speaker",
+                              key="score.metrics.c_score.params.persona_perspective")
 
     def writes(self) -> list[str]:
         return ["c_score"]
 
     def compute(self, cols: Cols, model: NliModel) -> Result:
+        from persodpo.score.perspective import hypotheses
+
         mode = self.param("mode", "argmax")
         reply_first = self.param("premise", "reply") == "reply"
         n = len(cols)
         prem, hyp, owner = [], [], []
         errors: list[str | None] = [None] * n
         for i, (text, persona) in enumerate(zip(cols["text"], cols["persona"])):
-            sentences = [p for p in (persona or []) if p and p.strip()]
+            sentences = hypotheses([p for p in (persona or []) if p and p.strip()], self.perspective)
             if text is None or not text.strip():
                 errors[i] = "no usable text"
             elif not sentences:
@@ -138,7 +146,7 @@ class CScore(ModelMetric):
 class CoherenceNli(ModelMetric):
     name = "coherence_nli"
     family = "nli"
-    default_model = DEFAULT_NLI_MODEL
+    default_model = CScore.default_model   # the same NLI model: one actor pool for both
     reads = ("text", "history")
     description = "coherence as NLI of the reply given the last turns of the dialogue"
 

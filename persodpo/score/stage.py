@@ -28,7 +28,8 @@ from persodpo import storage as st
 from persodpo.config import PersoDPOConfig
 from persodpo.errors import ConfigError, InputError, StageError
 from persodpo.manifest import stage_manifest
-from persodpo.score.batch import PROMPT_FIELDS, PromptIndex, finalize, panel_columns
+from persodpo.score.batch import (PROMPT_FIELDS, PromptIndex, bookkeeping_columns, cost_column, finalize,
+                                  judge_column, new_entries_column, panel_columns, status_column, tokens_column)
 from persodpo.score.metric import DETERMINISTIC, MODEL
 from persodpo.score.registry import REGISTRY, build_metrics, columns_of
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_COLUMNS = ("candidate_id", "prompt_id", "generator")
 JUDGE_BLOCKS_PER_ACTOR = 2
-OPTIONAL_COLUMNS = ("template", "parse_status")  # read when present (format per template, reasons)
+# Read when present: format per template, reasons, truncation from the server (else from the text).
+OPTIONAL_COLUMNS = ("template", "parse_status", "finish_reason")
 
 
 # -- per-block functions run by Ray (module level: they pickle by reference) -------------------------
@@ -221,12 +223,15 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                   **({"model": m.model} if m.kind == MODEL else {})} for m in metrics],
         columns=all_cols, null_counts=totals["nulls"], null_reasons=totals["reasons"], judges=judges_summary,
         judge_tokens=tokens, cost_usd=cost, budget=totals["budget"], cache=cache_uri,
-        word_limit=c.word_limit)
+        word_limit=c.word_limit, panel_calibration=totals.get("panel_calibration"),
+        judge_audit=totals.get("judge_audit"))
     out.commit(manifest)
     log.info("score: %d candidates -> %s (%.1fs)", totals["rows"], c.output, wall)
     return {"stage": "score", "output": c.output, "n_candidates": n_candidates, "n_scored": totals["rows"],
             "columns": all_cols, "null_counts": totals["nulls"], "judges": judges_summary,
-            "judge_tokens": tokens, "cost_usd": cost, "budget": totals["budget"], "wall_time_s": wall}
+            "judge_tokens": tokens, "cost_usd": cost, "budget": totals["budget"],
+            "panel_calibration": totals.get("panel_calibration"), "judge_audit": totals.get("judge_audit"),
+            "wall_time_s": wall}
 
 
 def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], schema: pa.Schema, prompts: pa.Table,
@@ -235,6 +240,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     judge_names = [j.name for j in judges]
     out = st.StageOutput(c.output, cfg.storage).begin()
     totals: dict[str, Any] = {"rows": 0, "nulls": Counter(), "reasons": Counter(), "budget": None,
+                              "judge_errors": {j.name: Counter() for j in judges},
                               "judges": {j.name: {"model": j.model, "requests": 0, "tokens": 0, "cost_usd": 0.0,
                                                   **{s: 0 for s in _statuses()}} for j in judges}}
     if n_candidates == 0:
@@ -290,32 +296,55 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
                 max_concurrency=JUDGE_BLOCKS_PER_ACTOR, batch_format="pyarrow")
     groups = [(m.name, m.writes()) for m in metrics]
     groups += [(f"judge_{j}_{d}", [f"judge_{j}_{d}"]) for j in judge_names for d in dims]
-    private = tuple([f"_jstat_{j}_{d}" for j in judge_names for d in dims] +
-                    [f"_j{k}_{j}" for k in ("tok", "cost", "new") for j in judge_names])
+    private = bookkeeping_columns(judge_names, dims)
     ds = ds.map_batches(_finalize, fn_kwargs={"groups": groups, "schema": schema, "judges": judge_names,
                                               "dims": dims, "scale": tuple(c.panel.scale), "keep": private},
                         batch_format="pyarrow", batch_size=None)
     seen = 0
     buffered: list[pa.Table] = []
+    # Two or more judges: the panel is calibrated over the whole run (persodpo.score.calibration),
+    # so the rows are held until the maps are fitted. Scores rows are ids and numbers, and a
+    # judged run is bounded by its judges' cost, so this fits in the driver's memory.
+    audit = None
+    if judges:
+        from persodpo.score.audit import Audit
 
-    def flush_part() -> None:
-        if buffered:
-            table = pa.concat_tables(buffered)
-            out.write_table(contracts.conform(table, schema, name="scores"))
-            buffered.clear()
+        audit = Audit(judges, dims)
+    stats = None
+    if len(judges) >= 2:
+        from persodpo.score.calibration import PanelStats
+
+        stats = PanelStats(judge_names, dims)
+
+    def flush_part(final: bool = False) -> None:
+        if not buffered or (stats is not None and not final):
+            return
+        table = pa.concat_tables(buffered)
+        buffered.clear()
+        if stats is not None:
+            from persodpo.score.calibration import apply
+
+            totals["panel_calibration"] = stats.fit()
+            table = apply(table, totals["panel_calibration"], judge_names)
+        for start in range(0, table.num_rows, c.rows_per_part):
+            out.write_table(contracts.conform(table.slice(start, c.rows_per_part), schema, name="scores"))
 
     try:
         for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             _count(block, schema, judges, dims, totals)
             for name, (_, _, pending) in caches.items():
-                pending.extend(e for v in block.column(f"_jnew_{name}").to_pylist() if v for e in json.loads(v))
+                pending.extend(e for v in block.column(new_entries_column(name)).to_pylist() if v for e in json.loads(v))
                 if len(pending) >= 1000:
                     _store(caches, name)
             buffered.append(block.select(schema.names))
+            if stats is not None:
+                stats.add(block)
+            if audit is not None:
+                audit.add(block)
             seen += block.num_rows
             if sum(t.num_rows for t in buffered) >= c.rows_per_part:
                 flush_part()
-        flush_part()
+        flush_part(final=True)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("score: Ray Data stats\n%s", ds.stats())
     finally:
@@ -327,15 +356,36 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
             ray.kill(ledger)
     for name, (cache, ns, _) in caches.items():
         totals["judges"][name]["cache_entries"] = cache.compact(ns)
+    check_judge_errors(totals["judges"], totals.pop("judge_errors"), c.panel.max_error_share)
     if seen != n_candidates:
         raise StageError(f"scored {seen} rows but the input has {n_candidates} candidates: rows were lost "
                          "(nothing was committed)")
     totals["rows"] = seen
+    if audit is not None:
+        totals["judge_audit"] = audit.summary()
     totals["nulls"] = dict(totals["nulls"])
     totals["reasons"] = dict(totals["reasons"].most_common(50))
     for j in totals["judges"].values():
         j["cost_usd"] = round(j["cost_usd"], 8)
     return out, totals
+
+
+FAILED = ("request_error", "malformed", "out_of_range")   # a request was made and gave no usable score
+
+
+def check_judge_errors(judges: dict[str, dict], errors: dict[str, Counter], max_share: float) -> None:
+    """Fail the stage (before anything is committed) when a judge's failed share of this run's
+    requests exceeds ``max_share``, naming the judge and its commonest error: committing its null
+    columns would let the pairs recipe silently drop the candidates (budget stops are not
+    failures: the cap is the user's decision, and the manifest reports it)."""
+    for name, s in judges.items():
+        failed = sum(s.get(k, 0) for k in FAILED)
+        requests = s.get("requests") or failed
+        if requests and failed / requests > max_share:
+            reason, k = errors.get(name, Counter()).most_common(1)[0] if errors.get(name) else ("unknown", failed)
+            raise StageError(f"judge {name}: {failed} of {requests} requests failed or gave no usable score "
+                             f"({failed / requests:.0%} > score.panel.max_error_share={max_share:g}); commonest "
+                             f"error ({k}x): {reason} (nothing was committed; paid judgments stay in the cache)")
 
 
 def _judge_pool(concurrency):
@@ -369,17 +419,24 @@ def _count(batch: pa.Table, schema: pa.Schema, judges: list, dims: list[str], to
         nulls = batch.column(name).null_count
         if nulls:
             totals["nulls"][name] += nulls
-    for errs in batch.column("score_errors").to_pylist():
+    row_errors = [json.loads(e) if e else None for e in batch.column("score_errors").to_pylist()]
+    for errs in row_errors:
         if errs:
-            for col, reason in json.loads(errs).items():
+            for col, reason in errs.items():
                 # Reasons without row-specific detail, so the manifest lists kinds, not rows.
                 totals["reasons"][f"{col}: {reason.split(':')[0][:80]}"] += 1
     for j in judges:
         s = totals["judges"][j.name]
         for d in dims:
-            for status, k in Counter(batch.column(f"_jstat_{j.name}_{d}").to_pylist()).items():
+            statuses = batch.column(status_column(j.name, d)).to_pylist()
+            for status, k in Counter(statuses).items():
                 s[status] += k
-        s["tokens"] += int(pc.sum(batch.column(f"_jtok_{j.name}")).as_py() or 0)
-        s["cost_usd"] += float(pc.sum(batch.column(f"_jcost_{j.name}")).as_py() or 0.0)
-        s["requests"] = s["ok"] + s["malformed"] + s["out_of_range"] + s["request_error"]
+            col = judge_column(j.name, d)
+            for r, status in enumerate(statuses):
+                if status in FAILED and row_errors[r]:
+                    totals["judge_errors"][j.name][row_errors[r].get(col, status)[:160]] += 1
+        s["tokens"] += int(pc.sum(batch.column(tokens_column(j.name))).as_py() or 0)
+        s["cost_usd"] += float(pc.sum(batch.column(cost_column(j.name))).as_py() or 0.0)
+        # audit_own: sent (or, on a rerun, cached) for the self-preference audit only.
+        s["requests"] = s["ok"] + s["malformed"] + s["out_of_range"] + s["request_error"] + s["audit_own"]
 

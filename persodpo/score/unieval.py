@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from persodpo.score.config import DEFAULT_UNIEVAL_MODEL
+from persodpo.score.devices import pick_device
 from persodpo.score.metric import Cols, ModelMetric, Result
-from persodpo.score.nli import pick_device
 
 QUESTION = "question: Is this a coherent response given the dialogue history? </s> response: {reply} </s> dialogue history: {history}"
 
@@ -28,6 +27,17 @@ def unieval_input(reply: str, history: list[dict], turns: int | None = None) -> 
     msgs = list(history)[-turns:] if turns else list(history)
     src = " \n ".join(m["content"] for m in msgs) + " \n\n"
     return QUESTION.format(reply=reply, history=src)
+
+
+def fitted_input(reply: str, history: list[dict], turns: int | None, n_tokens, max_length: int) -> str:
+    """The input with as many of the **latest** turns as fit in ``max_length`` tokens. The
+    history comes after the reply and the tokenizer truncates from the right, so an input that
+    is too long would lose the latest turns (the ones the reply answers) first: drop the oldest
+    turns instead (at least the last turn is kept; if even that is too long, truncation cuts it)."""
+    msgs = list(history)[-turns:] if turns else list(history)
+    while len(msgs) > 1 and n_tokens(unieval_input(reply, msgs)) > max_length:
+        msgs = msgs[1:]
+    return unieval_input(reply, msgs)
 
 
 class YesNoModel:
@@ -49,6 +59,9 @@ class YesNoModel:
         start = self.model.config.decoder_start_token_id
         self.start = start if start is not None else self.tok.pad_token_id
         self.device, self.max_length, self.batch_size, self.torch = device, max_length, batch_size, torch
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=True).input_ids)
 
     def p_yes(self, inputs: list[str]) -> np.ndarray:
         torch = self.torch
@@ -75,7 +88,7 @@ def load_unieval(source: str, num_gpus: float = 0.0, **kw: Any) -> YesNoModel:
 class CoherenceUniEval(ModelMetric):
     name = "coherence_unieval"
     family = "seq2seq_yes_no"
-    default_model = DEFAULT_UNIEVAL_MODEL
+    default_model = "MingZhong/unieval-dialog"
     reads = ("text", "history")
     description = "UniEval dialogue coherence: P(Yes) of a seq2seq evaluator"
 
@@ -94,7 +107,7 @@ class CoherenceUniEval(ModelMetric):
                 errors[i] = "the prompt has no dialogue history"
             else:
                 idx.append(i)
-                inputs.append(unieval_input(text, history, turns))
+                inputs.append(fitted_input(text, history, turns, model.n_tokens, model.max_length))
         vals: list[float | None] = [None] * n
         if idx:
             for i, v in zip(idx, model.p_yes(inputs)):

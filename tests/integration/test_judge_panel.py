@@ -12,6 +12,7 @@ import pytest
 from persodpo import storage as st
 from persodpo.cli import main
 from persodpo.config import load_config
+from persodpo.errors import StageError
 from persodpo.score.batch import PromptIndex
 from persodpo.score.config import JudgeSpec, PanelConfig
 from persodpo.score.judges import JudgeActor
@@ -69,7 +70,8 @@ def test_faults_are_retried_or_recorded_per_row_and_counts_add_up(ray_local, pro
 
     cands = write_output(str(tmp_path / "cands"), make_candidates(table, text_suffix=suffix))
     with OpenAIServer(responder=scoring_responder, retry_after_s=0, slow_s=4) as server:
-        summary = _stage(prompts, cands, str(tmp_path / "scores"), [_judge(server)], cache=None)
+        # 26 of 48 requests fail on purpose here, above the default max_error_share of 0.5.
+        summary = _stage(prompts, cands, str(tmp_path / "scores"), [_judge(server)], cache=None, max_error_share=0.6)
         deadline = time.time() + 10
         while server.in_flight and time.time() < deadline:   # requests the client gave up on finish late
             time.sleep(0.1)
@@ -100,6 +102,17 @@ def test_faults_are_retried_or_recorded_per_row_and_counts_add_up(ray_local, pro
             assert r["judge_j1_personalization"] is None and "score 9 outside 1..5" in errs["judge_j1_personalization"]
         if r["generator"] == "truncated":
             assert 1 <= r["judge_j1_coherence"] <= 5
+
+
+def test_a_judge_that_mostly_fails_fails_the_stage_naming_it_and_commits_nothing(ray_local, prompts, tmp_path):
+    table = st.read_table(prompts).slice(0, 2)
+    cands = write_output(str(tmp_path / "cands"), make_candidates(table, ["gold", "chatty"]))
+    out = str(tmp_path / "scores")
+    with OpenAIServer(responder=lambda m, b: "A lovely reply, I would say.") as server:
+        with pytest.raises(StageError, match=r"judge j1: 8 of 8 requests failed .*max_error_share=0.5.*"
+                                             r"commonest error \(8x\): no score in the judgment"):
+            _stage(prompts, cands, out, [_judge(server)], cache=None)
+    assert not st.is_complete(out)
 
 
 def test_budget_cap_is_shared_by_actors_and_never_exceeded(ray_local, prompts, tmp_path):

@@ -90,15 +90,19 @@ def test_c_score_sums_nli_labels_over_persona_sentences(tiny_nli):
     rows = [{"text": "My dogs and I hike every weekend.", "persona": PERSONA},
             {"text": "Paris is lovely in the spring.", "persona": PERSONA[:2]},
             {"text": None, "persona": PERSONA}]
-    for premise in ("reply", "persona"):
-        r = _metric("c_score", "tiny:bert-nli", premise=premise).compute(_cols(rows), nli)
+    from persodpo.score.perspective import hypotheses
+
+    for premise, perspective in (("reply", "user"), ("persona", "user"), ("reply", "speaker")):
+        r = _metric("c_score", "tiny:bert-nli", premise=premise, persona_perspective=perspective).compute(
+            _cols(rows), nli)
         for i in (0, 1):
-            pairs = [(rows[i]["text"], p) if premise == "reply" else (p, rows[i]["text"]) for p in rows[i]["persona"]]
+            facts = hypotheses(rows[i]["persona"], perspective)
+            pairs = [(rows[i]["text"], p) if premise == "reply" else (p, rows[i]["text"]) for p in facts]
             labels = [int(np.argmax(direct(a, b))) for a, b in pairs]
             assert r.columns["c_score"][i] == labels.count(0) - labels.count(2)
         assert r.columns["c_score"][2] is None and r.errors[2] == "no usable text"
     soft = _metric("c_score", "tiny:bert-nli", mode="expected").compute(_cols(rows[:1]), nli).columns["c_score"][0]
-    want = sum(direct(rows[0]["text"], p)[0] - direct(rows[0]["text"], p)[2] for p in PERSONA)
+    want = sum(direct(rows[0]["text"], p)[0] - direct(rows[0]["text"], p)[2] for p in hypotheses(PERSONA, "user"))
     assert soft == pytest.approx(want, abs=1e-5)
 
 

@@ -12,6 +12,7 @@ from persodpo import contracts
 from persodpo import storage as st
 from persodpo.cli import main
 from persodpo.config import load_config
+from persodpo.score.calibration import calibrated
 from persodpo.score.stage import run_stage
 from tests.support.openai_server import OpenAIServer
 from tests.support.score_data import make_candidates, write_output
@@ -43,6 +44,10 @@ def _cfg(sample, out, **score):
     for k, v in score.items():
         setattr(cfg.score, k, v)
     return cfg
+
+
+def manifest_of(uri):
+    return st.read_manifest(uri)
 
 
 def _judge(server, name, **kw):
@@ -92,24 +97,34 @@ def test_every_family_and_a_judge_panel(ray_local, sample, tmp_path, monkeypatch
         for c in summary["columns"]:   # every null has a reason, every reason a null
             assert (r[c] is None) == (c in errs), (c, r)
 
-    # The panel: j1 is the "chatty" generator's own model and skips it.
+    # The panel: j1 is the "chatty" generator's own model and skips it. Each judge is mapped onto
+    # the panel's common scale first (fitted on the replies both scored), so the chatty replies
+    # get j2's *calibrated* score, not j2's raw one (which would carry j2's offset into a
+    # generator effect inside every prompt).
+    fits = summary["panel_calibration"]
+    assert fits == manifest_of(out)["panel_calibration"] and set(fits) == {"coherence", "personalization"}
     for r in by_gen["chatty"]:
         assert r["judge_j1_coherence"] is None and "own generator" in json.loads(r["score_errors"])["judge_j1_coherence"]
-        assert r["judge_coherence_n"] == 1.0 and r["judge_coherence"] == r["judge_j2_coherence"]
+        assert r["judge_coherence_n"] == 1.0
+        assert r["judge_coherence"] == pytest.approx(calibrated(r["judge_j2_coherence"], fits["coherence"], "j2"))
     for r in by_gen["gold"]:
         assert r["judge_personalization_n"] == 2.0
-        assert r["judge_personalization"] == (r["judge_j1_personalization"] + r["judge_j2_personalization"]) / 2
+        assert r["judge_personalization"] == pytest.approx(sum(
+            calibrated(r[f"judge_{j}_personalization"], fits["personalization"], j) for j in ("j1", "j2")) / 2)
         assert r["judge_personalization_agreement"] == 1 - abs(r["judge_j1_personalization"]
                                                                - r["judge_j2_personalization"]) / 4
     j1, j2 = summary["judges"]["j1"], summary["judges"]["j2"]
     with_text = n - n // 5
-    assert j2["ok"] == 2 * with_text and j1["ok"] == 2 * (with_text - n // 5) and j1["skipped_own"] == 2 * (n // 5)
+    assert j2["ok"] == 2 * with_text and j1["ok"] == 2 * (with_text - n // 5)
+    # j1 still scores a sample of its own replies (panel.audit_own_share) for the audit, never the panel.
+    assert j1["skipped_own"] + j1["audit_own"] == 2 * (n // 5) and 0 < j1["audit_own"] < 2 * (n // 5)
+    assert summary["judge_audit"]["j1"]["coherence"]["n_self"] == j1["audit_own"] // 2
     assert stats["requests"] == stats["ok_responses"] == j1["requests"] + j2["requests"]
     assert j1["tokens"] > 0 and j1["cost_usd"] > 0
     assert sum(table.column("judge_cost_usd").to_pylist()) == pytest.approx(summary["cost_usd"])
     manifest = st.read_manifest(out)
     assert manifest["stage"] == "score" and manifest["rows"] == n and manifest["config_hash"]
-    assert manifest["judges"]["j1"]["cache_entries"] == j1["ok"]
+    assert manifest["judges"]["j1"]["cache_entries"] == j1["ok"] + j1["audit_own"]   # audit answers are cached too
     assert "sk-test-secret-4711" not in json.dumps(manifest) + json.dumps(summary)
 
 
@@ -153,3 +168,90 @@ def test_scores_and_judge_cache_on_s3(ray_local, sample, s3_env):
     a = st.read_table(f"s3://{bucket}/scores-1").sort_by("candidate_id")
     b = st.read_table(f"s3://{bucket}/scores-2").sort_by("candidate_id")
     assert a.column("judge_coherence").to_pylist() == b.column("judge_coherence").to_pylist()
+
+
+def _context_latent(text):
+    # A quality that belongs to the prompt (its dialogue), the same for every generator's reply.
+    ctx = text.split("Conversation so far:\n", 1)[1].split("\n\nReply to evaluate:", 1)[0]
+    return 1 + sum(map(ord, ctx)) % 3
+
+
+def calibration_responder(messages, body):
+    """Two judges behind one server, told apart by model: j1 = latent + 1 (an offset), j2 =
+    2 * latent - 1 (a wider spread). Both are affine in the same latent: a calibrated panel
+    must give every reply of a prompt the same score, whichever judges scored it."""
+    q = _context_latent(messages[-1]["content"])
+    return json.dumps({"score": q + 1 if body["model"].startswith("j1") else 2 * q - 1})
+
+
+def test_a_judge_skipping_its_own_generator_does_not_shift_that_generators_panel_score(ray_local, sample, tmp_path):
+    table = sample["prompt_table"].slice(0, 8)
+    cands = write_output(str(tmp_path / "cands"), make_candidates(table, ["gold", "truncated", "prefixed", "chatty"]))
+    runs = {}
+    with OpenAIServer(responder=calibration_responder) as server:
+        for skip in (True, False):
+            out = str(tmp_path / f"scores-{skip}")
+            cfg = _cfg(sample, out, metrics=["length"], input=cands,
+                       judges=[_judge(server, "j1", generator="chatty"), _judge(server, "j2")])
+            cfg.score.panel.skip_own_generator, cfg.score.panel.cache = skip, None
+            summary = run_stage(cfg)
+            runs[skip] = {r["candidate_id"]: r for r in st.read_table(out).to_pylist()}
+            if skip:
+                assert summary["judges"]["j1"]["skipped_own"] + summary["judges"]["j1"]["audit_own"] == 2 * 8
+                assert summary["panel_calibration"]["coherence"]["n_common"] == 3 * 8
+    skipped, full = runs[True], runs[False]
+    for cid, r in skipped.items():
+        for d in ("coherence", "personalization"):
+            # Same panel score with and without the skip, for the skipped generator too ...
+            assert r[f"judge_{d}"] == pytest.approx(full[cid][f"judge_{d}"], abs=1e-9), (cid, d)
+            if r["generator"] == "chatty":
+                assert r[f"judge_j1_{d}"] is None and full[cid][f"judge_j1_{d}"] is not None
+                assert r[f"judge_{d}_n"] == 1.0
+    # ... so no generator effect inside a prompt, where the raw mean would have made one.
+    by_prompt = {}
+    for r in skipped.values():
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    raw_gap = 0.0
+    for rows in by_prompt.values():
+        assert max(r["judge_coherence"] for r in rows) - min(r["judge_coherence"] for r in rows) < 1e-9
+        raw = {r["generator"]: (r["judge_j2_coherence"] if r["judge_j1_coherence"] is None
+                                else (r["judge_j1_coherence"] + r["judge_j2_coherence"]) / 2) for r in rows}
+        raw_gap = max(raw_gap, abs(raw["chatty"] - raw["gold"]))
+    assert raw_gap >= 0.5      # the test data does expose the old bias
+
+
+def _reply(text):
+    return text.split("Reply to evaluate:\n", 1)[1].split("\n\n", 1)[0]
+
+
+def audit_responder(messages, body):
+    """jlen's score follows the reply's length; jfair's follows only the dialogue (fair to
+    every generator and to length)."""
+    text = messages[-1]["content"]
+    if body["model"].startswith("jlen"):
+        return json.dumps({"score": min(5, 1 + len(_reply(text).split()) // 6)})
+    return json.dumps({"score": 1 + _context_latent(text)})
+
+
+def test_the_audit_shows_a_length_following_judge_and_a_fair_one(ray_local, sample, tmp_path):
+    table = sample["prompt_table"].slice(0, 8)
+    cands = write_output(str(tmp_path / "cands"), make_candidates(table, ["gold", "truncated", "prefixed", "chatty"]))
+    out = str(tmp_path / "scores")
+    with OpenAIServer(responder=audit_responder) as server:
+        cfg = _cfg(sample, out, metrics=["length"], input=cands,
+                   judges=[_judge(server, "jlen", generator="chatty"), _judge(server, "jfair", generator="gold")])
+        cfg.score.panel.cache, cfg.score.panel.audit_own_share = None, 1.0
+        summary = run_stage(cfg)
+    audit = summary["judge_audit"]
+    assert audit == manifest_of(out)["judge_audit"]
+    print("\njudge_audit:", json.dumps(audit, sort_keys=True))
+    for d in ("coherence", "personalization"):
+        jl, jf = audit["jlen"][d], audit["jfair"][d]
+        assert jl["n_pointwise"] == jf["n_pointwise"] == 3 * 8      # own replies are never in the panel ...
+        assert jl["n_self"] == jf["n_self"] == 8                     # ... but all were scored for the audit
+        assert jl["length_spearman"] > 0.9
+        assert abs(jf["length_spearman"]) < 0.5
+        assert jf["self_preference"] == 0.0                          # the same score for every reply of a prompt
+        assert jl["self_preference"] > 0.5                           # its own (chatty) replies are the longest
+        panel = audit["_panel"][d]
+        assert panel["n_units"] == 2 * 8 and -1.0 <= panel["krippendorff_alpha"] <= 1.0

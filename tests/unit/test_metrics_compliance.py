@@ -79,6 +79,21 @@ def test_format_ok_is_all_parts_and_a_failed_request_is_null_with_a_reason():
     assert r.errors[:2] == [None, None] and "request failed" in r.errors[2]
 
 
+def test_truncation_comes_from_finish_reason_when_the_candidate_has_it():
+    closed, cut = '{"response": "Hi there."}', '{"response": "Hi there'
+    plain_open = "I love iron bridges and"
+    rows = [{"raw": closed, "text": "Hi there.", "template": "persobench-json-v1", "finish_reason": "length"},
+            {"raw": cut, "text": "Hi there", "template": "persobench-json-v1", "finish_reason": "stop"},
+            {"raw": plain_open, "text": plain_open, "template": "plain-v1", "finish_reason": "stop"},
+            {"raw": plain_open, "text": plain_open, "template": "plain-v1", "finish_reason": None},
+            {"raw": cut, "text": "Hi there", "template": "persobench-json-v1", "finish_reason": None}]
+    r = _run(rows)["format"]
+    # 'length' = cut by the token limit even when the text looks closed; 'stop' = not cut even when
+    # it looks open; no finish_reason (the authors' data): the text heuristic.
+    assert r.columns["format_not_truncated"] == [0.0, 1.0, 1.0, 0.0, 0.0]
+    assert r.columns["format_ok"][0] == 0.0 and r.columns["format_parse_ok"][0] == 1.0
+
+
 def test_length_window_is_inclusive_and_not_shorter_is_better():
     words = lambda n: " ".join(["w"] * n)  # noqa: E731
     rows = [{"raw": "x", "text": words(n), "parse_status": "valid"} for n in (2, 3, 10, 11)]

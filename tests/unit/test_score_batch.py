@@ -63,3 +63,17 @@ def test_finalize_conforms_and_every_null_has_its_reason():
     for r, e in enumerate(errs):
         for name in cols:
             assert (out.column(name)[r].as_py() is None) == (name in (e or {}))
+
+
+def test_judge_error_share_check_names_the_judge_and_its_commonest_error():
+    from collections import Counter
+
+    from persodpo.errors import StageError
+    from persodpo.score.stage import check_judge_errors
+
+    ok = {"requests": 10, "ok": 5, "malformed": 3, "request_error": 2, "out_of_range": 0, "budget": 40}
+    check_judge_errors({"a": ok}, {"a": Counter({"x": 5})}, 0.5)             # exactly half: passes
+    check_judge_errors({"a": {"requests": 0, "budget": 9}}, {}, 0.0)          # nothing sent: nothing to judge
+    bad = {**ok, "ok": 4, "request_error": 3, "requests": 10}
+    with pytest.raises(StageError, match=r"judge b: 6 of 10 .*\(60% > score.panel.max_error_share=0.5\).*\(4x\): boom"):
+        check_judge_errors({"a": ok, "b": bad}, {"b": Counter({"boom": 4, "other": 2})}, 0.5)

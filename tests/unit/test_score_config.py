@@ -45,3 +45,24 @@ def test_judges_and_panel_validate():
         load_config(None, ["score.panel.dimensions=[coherence, fluency]"])
     with pytest.raises(ConfigError, match="secrets are never configuration"):
         load_config(None, ["score.judges=[{name: a, model: openai/m, params: {api_key: sk-x}}]"])
+
+
+def test_evaluate_names_its_own_judges_and_warns_when_it_reuses_a_training_judge():
+    from persodpo.evaluate.config import EvaluateConfig
+    from persodpo.score.heldout import evaluation_judges, evaluation_metrics, reuse_warning
+
+    train = ScoreConfig(judges=[{"name": "gpt", "model": "openai/gpt-4o-mini"}]).judges
+    held = EvaluateConfig(judges=[{"name": "claude", "model": "anthropic/claude-3-5-haiku-latest"}],
+                          metrics=["format", "length"])
+    assert [j.name for j in evaluation_judges(held.judges, train)] == ["claude"]
+    assert [m.name for m in evaluation_metrics(held.metrics, ScoreConfig().metrics)] == ["format", "length"]
+    assert reuse_warning(evaluation_judges(held.judges, train), train) is None
+    default = EvaluateConfig()
+    assert default.judges is True and default.metrics is None
+    reused = evaluation_judges(default.judges, train)
+    assert [j.name for j in reused] == ["gpt"] and evaluation_judges(False, train) == []
+    msg = reuse_warning(reused, train)
+    assert "reuses judge(s) ['gpt'] (openai/gpt-4o-mini)" in msg and "evaluate.judges" in msg
+    # A renamed copy of a training judge is still that judge.
+    renamed = EvaluateConfig(judges=[{"name": "other", "model": "openai/gpt-4o-mini"}]).judges
+    assert "['other']" in reuse_warning(renamed, train)

@@ -74,6 +74,18 @@ def test_rubrics_are_packaged_versioned_and_filled():
     assert "$" not in content
 
 
+@pytest.mark.parametrize("name", ["judge-coherence-v1", "judge-personalization-v1"])
+def test_rubrics_render_the_configured_scale(name):
+    text, _ = load_rubric(name)
+    kw = dict(persona=["I like dogs."], reply="Dogs!", context_turns=2, history=[])
+    five = judge_messages(text, scale=(1, 5), **kw)[0]["content"]
+    ten = judge_messages(text, scale=(0, 10), **kw)[0]["content"]
+    assert "Rate from 1 to 5:" in five and "<integer from 1 to 5>" in five and "\n5 = " in five and "\n1 = " in five
+    assert "Rate from 0 to 10:" in ten and "<integer from 0 to 10>" in ten and "1 to 5" not in ten
+    assert [ln.split(" = ")[0] for ln in ten.splitlines() if " = " in ln] == ["10", "8", "5", "2", "0"]
+    assert "$" not in ten
+
+
 def test_unknown_rubric_is_a_config_error():
     from persodpo.errors import ConfigError
 
