@@ -166,7 +166,8 @@ def _pairs_card(cfg: PersoDPOConfig) -> dict | None:
 
 
 def render_report(df: pd.DataFrame, metrics: list[str], *, models: list[str], history: list[dict],
-                  pairs_stats: dict | None, n_prompts: int, split: str | None, buckets: int) -> tuple[str, dict]:
+                  pairs_stats: dict | None, n_prompts: int, split: str | None, buckets: int,
+                  warnings: list[str] | None = None) -> tuple[str, dict]:
     """report.md text and {file name: PNG bytes}."""
     table = report.model_table(df, metrics)
     per_bucket, lc = report.length_controlled(df, metrics, buckets)
@@ -178,6 +179,7 @@ def render_report(df: pd.DataFrame, metrics: list[str], *, models: list[str], hi
         files["training_curves.png"] = curves
     lines = [f"# persodpo evaluation", "",
              f"{n_prompts} held-out prompts (split: {split or 'all'}); models: {', '.join(models)}.", "",
+             *[f"> **Warning:** {w}\n" for w in warnings or []],
              "## Scores per model", "",
              "Error ratio = requests that failed (no reply); format failure ratio = replies that came back but did not "
              "follow the requested format; words = mean words of usable replies.",
@@ -231,9 +233,16 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                                       .select(contracts.CANDIDATES.names)])
     _write_stage_table(scored_in, all_cands, cfg, table_name="candidates_all")
 
+    from persodpo.score.heldout import evaluation_judges, evaluation_metrics, reuse_warning
+
+    eval_judges = evaluation_judges(e.judges, cfg.score.judges)
+    warning = reuse_warning(eval_judges, cfg.score.judges)
+    if warning:
+        log.warning("evaluate: %s", warning)
     sc = cfg.model_copy(deep=True)
     sc.score = sc.score.model_copy(update={"input": scored_in, "prompts": prompts_uri, "output": scored_uri,
-                                           **({} if e.judges else {"judges": []})})
+                                           "judges": eval_judges,
+                                           "metrics": evaluation_metrics(e.metrics, cfg.score.metrics)})
     score_summary = score(sc)
 
     cands_df = st.read_table(scored_in, cfg.storage).to_pandas()
@@ -243,7 +252,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     model_names = list(dict.fromkeys(df["model"]))
     md, files = render_report(df, metrics, models=model_names, history=_training_history(cfg),
                               pairs_stats=_pairs_card(cfg), n_prompts=prompts.num_rows, split=e.split,
-                              buckets=e.length_buckets)
+                              buckets=e.length_buckets, warnings=[warning] if warning else [])
     table = report.model_table(df, metrics)
     _, lc = report.length_controlled(df, metrics, e.length_buckets)
 
@@ -264,4 +273,5 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                               model_digests=digests, cost_usd=cost))
     return {"stage": "evaluate", "output": e.output, "report": st.join(e.output, "report.md"),
             "n_prompts": prompts.num_rows, "models": summary_models, "metrics": metrics, "model_digests": digests,
+            "warnings": [warning] if warning else [],
             "cost_usd": round(cost, 6), "wall_time_s": round(time.time() - t0, 2)}
