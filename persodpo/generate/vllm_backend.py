@@ -53,7 +53,10 @@ def sampling_params(gen: GeneratorConfig, template: str, word_limit: int) -> dic
 def engine_kwargs(gen: GeneratorConfig, device: str) -> dict[str, Any]:
     o = gen.vllm_options
     kw: dict[str, Any] = {"tensor_parallel_size": o.tensor_parallel_size,
-                          "pipeline_parallel_size": o.pipeline_parallel_size, "dtype": o.dtype,
+                          "pipeline_parallel_size": o.pipeline_parallel_size,
+                          # vLLM's "auto" is bfloat16 on CPU: emulated, minutes per step, on CPUs without
+                          # AVX-512 BF16 (the engine then misses its own timeouts). fp32 runs everywhere.
+                          "dtype": "float32" if o.dtype == "auto" and device == "cpu" else o.dtype,
                           "enforce_eager": o.enforce_eager if o.enforce_eager is not None else device == "cpu"}
     if o.max_model_len:
         kw["max_model_len"] = o.max_model_len

@@ -10,8 +10,12 @@ import sys
 
 from persodpo import storage as st
 from persodpo.config import load_config
+from persodpo.pairs.config import AUTHORS_PERSODPO_WEIGHTS
 from persodpo.pairs.stage import run_stage
 from tests.unit.test_pairs_stage import write_inputs
+
+# write_inputs scores with the authors' four columns
+AUTHORS_WEIGHTS = f"pairs.persodpo.weights={json.dumps(AUTHORS_PERSODPO_WEIGHTS)}"
 
 
 def test_inputs_and_output_on_s3(s3_env):
@@ -20,7 +24,7 @@ def test_inputs_and_output_on_s3(s3_env):
     out = f"s3://{bucket}/run/pairs"
     r = subprocess.run([sys.executable, "-m", "persodpo", "pairs", "--input", uris["scores"], "--candidates",
                         uris["candidates"], "--prompts", uris["prompts"], "--output", out,
-                        "--set", "pairs.persodpo.min_margin=0.1"],
+                        "--set", "pairs.persodpo.min_margin=0.1", "--set", AUTHORS_WEIGHTS],
                        capture_output=True, text=True, timeout=180, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -47,7 +51,7 @@ def test_datasets_loads_it_and_trl_dpo_trains_on_it_unchanged(tmp_path):
     out = str(tmp_path / "pairs")
     run_stage(load_config(None, [f"pairs.input={uris['scores']}", f"pairs.candidates={uris['candidates']}",
                                  f"pairs.prompts={uris['prompts']}", f"pairs.output={out}", "pairs.plots=false",
-                                 "pairs.persodpo.min_margin=0.1"]))
+                                 "pairs.persodpo.min_margin=0.1", AUTHORS_WEIGHTS]))
     ds = datasets.load_dataset("parquet", data_files=[st.resolve(p)[1] for p in st.part_uris(out)], split="train",
                                cache_dir=str(tmp_path / "hf-cache"))
     assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)

