@@ -69,11 +69,19 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-@pytest.mark.slow
-def test_a_run_killed_in_three_stages_ends_with_the_tables_of_an_uninterrupted_run(ray_address, tmp_path):
-    ref_root, root = tmp_path / "reference", tmp_path / "killed"
-    ref = _finish(_start(ref_root, ray_address, tmp_path / "ref.log"), tmp_path / "ref.log")
+@pytest.fixture(scope="module")
+def reference(ray_address, tmp_path_factory) -> Path:
+    """An uninterrupted run of every stage (its root); the lineage test changes it afterwards."""
+    ref_root = tmp_path_factory.mktemp("reference")
+    log = ref_root / "ref.log"
+    ref = _finish(_start(ref_root, ray_address, log), log)
     assert [s["status"] for s in ref["stages"].values()] == ["ran"] * 6
+    return ref_root
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_three_stages_ends_with_the_tables_of_an_uninterrupted_run(reference, ray_address, tmp_path):
+    ref_root, root = reference, tmp_path / "killed"
 
     run, log = root / "runs" / "tiny", tmp_path / "killed.log"
 
@@ -120,10 +128,13 @@ def test_a_run_killed_in_three_stages_ends_with_the_tables_of_an_uninterrupted_r
     ref_losses = [m["loss"] for m in ref_trained["history"] if "loss" in m]
     assert len(losses) == 6 and losses == pytest.approx(ref_losses, rel=1e-5)
 
-    # Lineage, on the finished reference run: an unchanged rerun reuses every stage; other pairs
-    # (a changed recipe setting) retrain from the base model, not from the old run's checkpoints,
-    # and evaluate fetches and scores the new weights (checked by their digest).
-    ref_log = tmp_path / "ref.log"
+
+@pytest.mark.slow
+def test_changed_pairs_retrain_from_the_base_model_and_evaluate_scores_the_new_weights(reference, ray_address):
+    """Lineage, on the finished reference run (after the kill test has compared against it): an
+    unchanged rerun reuses every stage; other pairs (a changed recipe setting) retrain from the base
+    model, not from the old run's checkpoints, and evaluate scores the new weights (by digest)."""
+    ref_root, ref_run, ref_log = reference, reference / "runs" / "tiny", reference / "ref.log"
     same = _finish(_start(ref_root, ray_address, ref_log), ref_log)
     assert {s["status"] for s in same["stages"].values()} == {"reused"}, same["stages"]
     old_train = st.read_manifest(str(ref_run / "train"))
