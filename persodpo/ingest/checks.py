@@ -55,3 +55,16 @@ def alternating(utterances: list[str]) -> list[dict]:
 
 def _kind(value) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def load_json(text: str, *, file: str, what: str):
+    """Parse a JSON source file; bad or too deeply nested JSON is an InputError naming the file."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; truncated file?)",
+                         file=file) from None
+    except RecursionError:
+        raise InputError(f"JSON nested too deeply to be {what} data", file=file) from None

@@ -9,12 +9,12 @@ naming file, dialog id and field.
 
 from __future__ import annotations
 
-import json
 
 import pyarrow as pa
 
 from persodpo import contracts
 from persodpo.errors import InputError
+from persodpo.ingest.checks import load_json
 from persodpo.ingest.common import history_from_utterances, prompts_table, read_text
 
 SOURCE = "focus"
@@ -38,13 +38,7 @@ def _str_list(value, *, file, record, field, allow_empty_list=False) -> list[str
 def parse_focus(text: str, *, file: str, split: str = "train", knowledge: str = "grounded",
                 max_dialogs: int | None = None) -> tuple[pa.Table, int]:
     """Parse FoCus JSON text into the prompts table. Returns (table, number of dialogs)."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; truncated file?)",
-                         file=file) from None
-    except RecursionError:
-        raise InputError("JSON nested too deeply to be FoCus data", file=file) from None
+    doc = load_json(text, file=file, what="FoCus")
     if not isinstance(doc, dict) or "data" not in doc:
         raise InputError("missing top-level 'data' list (expected {\"data\": [dialog, ...]})", file=file,
                          field="data")

@@ -9,12 +9,12 @@ reply LAST). The split is the top-level key; dialog ids are ``SPLIT-INDEX``.
 
 from __future__ import annotations
 
-import json
 
 import pyarrow as pa
 
 from persodpo import contracts
 from persodpo.errors import InputError
+from persodpo.ingest.checks import load_json
 from persodpo.ingest import checks
 from persodpo.ingest.common import prompts_table, read_text
 
@@ -22,13 +22,7 @@ SOURCE = "personachat"
 
 
 def parse_personachat(text: str, *, file: str, max_dialogs: int | None = None) -> tuple[pa.Table, int]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}; truncated file?)",
-                         file=file) from None
-    except RecursionError:
-        raise InputError("JSON nested too deeply to be PersonaChat data", file=file) from None
+    doc = load_json(text, file=file, what="PersonaChat")
     if not isinstance(doc, dict) or not doc:
         raise InputError('expected {"train": [dialog, ...], "valid": [...]} (splits as top-level keys)', file=file)
     rows, n_dialogs = [], 0
