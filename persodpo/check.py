@@ -30,15 +30,33 @@ class Check:
 
 def score_columns(cfg: PersoDPOConfig) -> list[str]:
     """Every score column the configured metrics and judge panel write."""
+    return section_columns(cfg.score)
+
+
+def section_columns(score) -> list[str]:
+    """The columns a score section's metrics and judges write; ValueError on a clash."""
     from persodpo.score.batch import panel_columns
     from persodpo.score.registry import build_metrics, columns_of
 
-    cols = columns_of(build_metrics(cfg.score))
-    judges = [j.name for j in cfg.score.judges]
-    dims = list(cfg.score.panel.dimensions)
+    cols = columns_of(build_metrics(score))
+    judges = [j.name for j in score.judges]
+    twice = sorted({n for n in judges if judges.count(n) > 1})
+    if twice:
+        raise ValueError(f"judge name(s) {twice} used twice: each judge writes its own columns")
+    dims = list(score.panel.dimensions)
     if judges:
         cols += panel_columns(judges, dims)
     return cols
+
+
+def evaluate_columns(cfg: PersoDPOConfig) -> list[str]:
+    """The columns evaluation scores each model's replies with (its own metrics and judges, or
+    the score section's)."""
+    from persodpo.score.heldout import evaluation_judges, evaluation_metrics
+
+    score = cfg.score.model_copy(update={"metrics": evaluation_metrics(cfg.evaluate.metrics, cfg.score.metrics),
+                                         "judges": evaluation_judges(cfg.evaluate.judges, cfg.score.judges)})
+    return section_columns(score)
 
 
 def _explicit(cfg: PersoDPOConfig, dotted: str) -> bool:
@@ -132,6 +150,20 @@ def check_config(cfg: PersoDPOConfig) -> list[Check]:
                                                      f"{cfg.generate.word_limit}", dotted))
     if not any(c.name == "word limit" for c in checks):
         checks.append(Check("word limit", True, f"one word limit: {cfg.generate.word_limit}"))
+    if "evaluate" in stages:
+        key = "evaluate.metrics" if cfg.evaluate.metrics is not None else "score.metrics"
+        try:
+            cols = evaluate_columns(cfg)
+        except (ValueError, KeyError) as exc:
+            checks.append(Check("evaluate columns", False, str(exc),
+                                "evaluate.judges" if "judge" in str(exc) else key))
+        else:
+            if cols:
+                checks.append(Check("evaluate columns", True, f"evaluation writes {len(cols)} columns: "
+                                                              + ", ".join(cols)))
+            else:
+                checks.append(Check("evaluate columns", False, "evaluation would score the models with no metric "
+                                                               "and no judge: its report would be empty", key))
     if "evaluate" in stages and cfg.evaluate.split is not None and cfg.generate.split == cfg.evaluate.split:
         checks.append(Check("held-out split", False, f"generate answers split {cfg.generate.split!r}, which "
                                                      "evaluate uses as held-out", "evaluate.split"))

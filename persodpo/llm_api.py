@@ -5,9 +5,9 @@ Used by API generators (closed models, any OpenAI-compatible server) and by LLM 
 - litellm's Router does the calling: provider routing (OpenAI, Anthropic, Bedrock via boto3,
   any ``api_base``), retries with exponential backoff that honour ``Retry-After``, timeouts,
   token usage and cost (prices registered for models litellm does not know).
-- Requests/tokens per minute are *paced* here with a token bucket per actor: the Router's own
-  rpm/tpm limits only reject requests (and only under usage-based routing), which wastes quota
-  and retries instead of spreading requests evenly.
+- Requests/tokens per minute are *paced* (``persodpo.rate_limit``): one limiter per endpoint shared
+  by all of its actors. The Router's own rpm/tpm limits only reject requests (and only under
+  usage-based routing), which wastes quota and retries instead of spreading requests evenly.
 - Keys come from the environment only (``api_key_env`` names the variable); nothing here logs or
   returns a key, a prompt or a reply.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from persodpo.rate_limit import client_limiter
 from persodpo.sections import Section
 
 log = logging.getLogger(__name__)
@@ -101,55 +102,6 @@ class ApiResult:
     error: str | None = None
 
 
-class _Bucket:
-    """Refills at ``per_min / 60`` per second up to one second's worth; may go into debt for a
-    single request larger than the bucket (it then delays the next ones)."""
-
-    def __init__(self, per_min: float):
-        self.rate = per_min / 60.0
-        self.cap = max(1.0, self.rate)
-        self.level = self.cap
-        self.last = time.monotonic()
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.cap, self.level + (now - self.last) * self.rate)
-        self.last = now
-
-    def wait_for(self, amount: float) -> float:
-        need = min(amount, self.cap) - self.level
-        return max(0.0, need / self.rate)
-
-
-class RateLimiter:
-    """Requests/min and tokens/min as token buckets: waits (never rejects) to keep the pace."""
-
-    def __init__(self, rpm: float | None, tpm: float | None):
-        self.req = _Bucket(rpm) if rpm else None
-        self.tok = _Bucket(tpm) if tpm else None
-        self._lock: asyncio.Lock | None = None
-
-    async def acquire(self, tokens: int = 0) -> None:
-        if self.req is None and self.tok is None:
-            return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:  # FIFO: requests leave in arrival order, evenly spaced
-            while True:
-                now = time.monotonic()
-                wait = 0.0
-                for bucket, amount in ((self.req, 1.0), (self.tok, float(tokens))):
-                    if bucket is not None:
-                        bucket.refill(now)
-                        wait = max(wait, bucket.wait_for(amount))
-                if wait <= 0:
-                    if self.req is not None:
-                        self.req.level -= 1.0
-                    if self.tok is not None:
-                        self.tok.level -= float(tokens)
-                    return
-                await asyncio.sleep(wait)
-
-
 def _register_prices(ep: ApiEndpoint) -> None:
     if ep.input_cost_per_token is None and ep.output_cost_per_token is None:
         return
@@ -169,9 +121,10 @@ def _short_error(exc: BaseException) -> str:
 
 
 class LiteLLMClient:
-    """Async completions for one endpoint. ``share`` is this client's fraction of rpm/tpm."""
+    """Async completions for one endpoint. ``limiter``: the endpoint's shared limiter actor
+    (``persodpo.rate_limit.endpoint_limiter``); without one this client paces the whole limits."""
 
-    def __init__(self, ep: ApiEndpoint, share: float = 1.0):
+    def __init__(self, ep: ApiEndpoint, limiter: Any = None):
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
@@ -191,7 +144,7 @@ class LiteLLMClient:
             num_retries=ep.max_retries, retry_after=ep.retry_min_s, timeout=ep.timeout_s,
             disable_cooldowns=True,  # one deployment: a cooldown would fail every request for a while
         )
-        self.limiter = RateLimiter(ep.rpm * share if ep.rpm else None, ep.tpm * share if ep.tpm else None)
+        self.limiter = client_limiter(ep, limiter)
         self.semaphore: asyncio.Semaphore | None = None
 
     async def complete(self, messages: list[dict], **overrides) -> ApiResult:
@@ -235,9 +188,9 @@ class ApiBatchCaller:
     """
 
     def __init__(self, endpoint: dict, messages_column: str = "messages", prefix: str = "api_",
-                 params_column: str | None = None):
+                 params_column: str | None = None, limiter: Any = None):
         self.ep = ApiEndpoint.model_validate(endpoint)
-        self.client = LiteLLMClient(self.ep, share=1.0 / self.ep.max_actors())
+        self.client = LiteLLMClient(self.ep, limiter=limiter)
         self.messages_column, self.prefix, self.params_column = messages_column, prefix, params_column
 
     async def __call__(self, batch):
@@ -259,10 +212,13 @@ class ApiBatchCaller:
 def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages", prefix: str = "api_",
                  params_column: str | None = None):
     """``ds.map_batches`` through an actor pool of ApiBatchCaller for ``endpoint``."""
+    from persodpo.rate_limit import endpoint_limiter
+
     return ds.map_batches(
         ApiBatchCaller,
         fn_constructor_kwargs={"endpoint": endpoint.model_dump(mode="json"), "messages_column": messages_column,
-                               "prefix": prefix, "params_column": params_column},
+                               "prefix": prefix, "params_column": params_column,
+                               "limiter": endpoint_limiter(endpoint)},
         batch_size=endpoint.batch_size, compute=actor_pool(endpoint.concurrency),
         num_cpus=endpoint.num_cpus, batch_format="pandas",
     )

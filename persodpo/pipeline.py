@@ -60,7 +60,7 @@ def run_pipeline(cfg: PersoDPOConfig) -> dict:
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster: refuse what needs the driver's machine
         from persodpo.raycluster import init_ray, refuse_driver_local
 
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, cfg.storage)
         refuse_driver_local(cfg)
     t0 = time.time()
     stages: dict[str, dict] = {}

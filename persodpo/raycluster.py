@@ -42,7 +42,19 @@ def _job_env_vars() -> dict:
         return {}
 
 
-def init_ray(cfg: "RaySection | None" = None):
+def storage_env(storage: "StorageSection | None") -> dict[str, str]:
+    """The object store's endpoint and region from the config, as the AWS variables every worker's
+    S3 client reads (a model fetched on a node, a checkpoint written by a rank). Not secrets:
+    keys stay in the nodes' own environment or instance profile."""
+    env = {}
+    if storage is not None and storage.endpoint_url:
+        env["AWS_ENDPOINT_URL_S3"] = storage.endpoint_url
+    if storage is not None and storage.region:
+        env["AWS_REGION"] = storage.region
+    return env
+
+
+def init_ray(cfg: "RaySection | None" = None, storage: "StorageSection | None" = None):
     """Connect to (or start) Ray once per process; returns the ``ray`` module."""
     import ray
 
@@ -53,6 +65,7 @@ def init_ray(cfg: "RaySection | None" = None):
     address = (cfg.address if cfg else None) or os.environ.get("RAY_ADDRESS")
     namespace = cfg.namespace if cfg else "persodpo"
     env_vars = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+    env_vars.update(storage_env(storage))
     # Under `ray job submit` the job's runtime env already reaches every worker, and Ray refuses a
     # driver runtime env that names one of its variables again.
     job_vars = _job_env_vars()

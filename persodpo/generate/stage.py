@@ -251,7 +251,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     from persodpo.lineage import of_output
 
     prompts_lineage = of_output(g.input, cfg.storage)
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, cfg.storage)
     out, done, next_index = open_output(cfg, prompts_lineage)
     kept = Counter(done.values())
     todo, planned = [], {}

@@ -182,7 +182,8 @@ def request_params(judge, scale: tuple[int, int]) -> dict:
 class JudgeActor:
     """Ray Data UDF: one judge over all dimensions (async: many requests in flight per actor)."""
 
-    def __init__(self, judge: dict, panel: dict, memo: list | None = None, ledger: Any = None):
+    def __init__(self, judge: dict, panel: dict, memo: list | None = None, ledger: Any = None,
+                 limiter: Any = None):
         from persodpo.llm_api import LiteLLMClient
         from persodpo.score.cache import judge_namespace
         from persodpo.score.config import JudgeSpec, PanelConfig
@@ -190,7 +191,7 @@ class JudgeActor:
         self.judge = JudgeSpec.model_validate(judge)
         self.panel = PanelConfig.model_validate(panel)
         self.scale = tuple(self.panel.scale)
-        self.client = LiteLLMClient(self.judge, share=1.0 / self.judge.max_actors())
+        self.client = LiteLLMClient(self.judge, limiter=limiter)
         self.params = request_params(self.judge, self.scale)
         self.rubrics = {d: load_rubric(self.panel.rubrics[d]) for d in self.panel.dimensions}
         self.namespace = judge_namespace(self.judge.name, self.judge.model, self.params)

@@ -251,7 +251,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     from persodpo.llm_api import actor_pool
     from persodpo.raycluster import init_ray, read_output
 
-    ray = init_ray(cfg.ray)
+    ray = init_ray(cfg.ray, cfg.storage)
     cfg_json = c.model_dump_json()
     ds = read_output(c.input, cfg.storage)
     ds = ds.repartition(target_num_rows_per_block=c.block_rows)
@@ -274,6 +274,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     caches: dict[str, tuple] = {}
     if judges:
         from persodpo.score.cache import JudgeCache, judge_namespace
+        from persodpo.rate_limit import endpoint_limiter
         from persodpo.score.judges import JudgeActor, request_params
 
         cache = JudgeCache(cache_uri, cfg.storage) if cache_uri else None
@@ -291,7 +292,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
             ds = ds.map_batches(
                 JudgeActor,
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
-                                       "memo": memo, "ledger": ledger},
+                                       "memo": memo, "ledger": ledger, "limiter": endpoint_limiter(j)},
                 compute=_judge_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
                 max_concurrency=JUDGE_BLOCKS_PER_ACTOR, batch_format="pyarrow")
     groups = [(m.name, m.writes()) for m in metrics]

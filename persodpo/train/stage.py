@@ -128,7 +128,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     from persodpo.lineage import of_manifest, weights_digest
 
     pairs_lineage = of_manifest(pairs_manifest)
-    ray = init_ray(cfg.ray)
+    ray = init_ray(cfg.ray, cfg.storage)
     _check_tokenizer(resolve_model(c.model), c.model)
     # Materialised on the driver: workers then only fetch blocks, and Ray Data read tasks cannot
     # starve behind the training workers when they hold every CPU (DESIGN.md section 7).

@@ -60,10 +60,16 @@ def hf_responder(model_path: str, max_new_tokens: int = 32) -> Responder:
 
 class OpenAIServer:
     def __init__(self, responder: Responder | None = None, *, latency_s: float = 0.0, fault_mix: dict | None = None,
-                 seed: int = 0, retry_after_s: float = 1, slow_s: float = 30.0, model_name: str = "loopback"):
+                 seed: int = 0, retry_after_s: float = 1, slow_s: float = 30.0, model_name: str = "loopback",
+                 rpm_limit: float | None = None):
         self.responder = responder or echo_json()
         self.latency_s, self.fault_mix, self.retry_after_s, self.slow_s = latency_s, fault_mix or {}, retry_after_s, slow_s
         self.model_name = model_name
+        # A provider's quota: requests beyond rpm_limit are answered 429. Its bucket holds three
+        # seconds' worth (providers count per minute), so a client pacing at the limit is not
+        # refused for the scheduling jitter of a loaded 2-core machine; one that goes past it is.
+        self.rpm_limit = rpm_limit
+        self._quota = [3.0 * rpm_limit / 60.0 if rpm_limit else 0.0, time.monotonic()]
         self.rng = random.Random(seed)
         self.stats: Counter = Counter()
         self.attempts: dict[str, int] = defaultdict(int)   # per prompt text
@@ -97,6 +103,20 @@ class OpenAIServer:
                 return kind
         return "ok"
 
+    def _over_quota(self) -> bool:
+        if not self.rpm_limit:
+            return False
+        with self._lock:
+            rate, now = self.rpm_limit / 60.0, time.monotonic()
+            level = min(3.0 * rate, self._quota[0] + (now - self._quota[1]) * rate)
+            self._quota[1] = now
+            if level < 1.0:
+                self._quota[0] = level
+                self.stats["over_quota"] += 1
+                return True
+            self._quota[0] = level - 1.0
+            return False
+
     # -- HTTP ----------------------------------------------------------------------------------
     async def _chat(self, request):
         from aiohttp import web
@@ -109,7 +129,7 @@ class OpenAIServer:
             body = await request.json()
             messages = body.get("messages", [])
             prompt = "\n".join(str(m.get("content", "")) for m in messages)
-            kind = self._choose(prompt)
+            kind = "429" if self._over_quota() else self._choose(prompt)
             self.stats["requests"] += 1
             self.stats[kind] += 1
             if self.latency_s:

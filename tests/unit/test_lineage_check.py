@@ -80,3 +80,16 @@ def test_one_word_limit_per_run():
     with pytest.raises(ConfigError, match=r"key 'pairs.word_limit'.*generate.word_limit=40"):
         align_word_limits(load_config(None, ["generate.word_limit=40", "pairs.word_limit=50"]))
     assert align_word_limits(load_config(None, ["generate.word_limit=40", "score.word_limit=40"])).score.word_limit == 40
+
+
+def test_evaluation_that_would_score_with_nothing_or_clashing_judges_is_caught_naming_the_key():
+    ok = [c for c in check_config(load_config(default_run_config())) if c.name == "evaluate columns"]
+    assert ok and ok[0].ok and "judge_" in ok[0].detail
+    cfg = load_config(default_run_config(), ["evaluate.metrics=[]", "evaluate.judges=false"])
+    bad = [c for c in check_config(cfg) if not c.ok]
+    assert [(c.name, c.key) for c in bad] == [("evaluate columns", "evaluate.metrics")]
+    judge = '{name: j, model: openai/x, api_base: "http://127.0.0.1:9/v1"}'
+    cfg = load_config(default_run_config(), [f"evaluate.judges=[{judge}, {judge}]"])
+    bad = [c for c in check_config(cfg) if not c.ok]
+    assert [(c.name, c.key) for c in bad] == [("evaluate columns", "evaluate.judges")]
+    assert "used twice" in bad[0].detail
