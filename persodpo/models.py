@@ -258,6 +258,33 @@ def publish_model(source: str, store: str | None) -> str:
     return uri
 
 
+def publish_remote_model(uri: str, dest: str, skip: tuple[str, ...] = ("checkpoints", "tensorboard"),
+                         storage=None) -> str:
+    """``dest``: a published model folder (see :func:`publish_model`) holding the files of the
+    model folder ``uri`` on the same object store, without the top-level folders in ``skip`` (a
+    train output's checkpoints are many times the model). Copied object to object inside the
+    store (S3 CopyObject): nothing passes through this machine's memory or disk. Once per
+    ``dest``: its marker is written last."""
+    import pyarrow.fs as pafs
+
+    from persodpo import storage as st
+
+    fs, path = st.resolve(uri, storage)
+    _, dpath = st.resolve(dest, storage)
+    if fs.get_file_info(dpath + "/" + _PUBLISHED).type == pafs.FileType.File:
+        return dest
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    rels = [i.path[len(path):].lstrip("/") for i in files]
+    keep = [(i, r) for i, r in zip(files, rels) if r.split("/")[0] not in skip and not r.startswith(("_", "."))]
+    if not any(r == "config.json" for _, r in keep):
+        raise FileNotFoundError(f"{uri}: no config.json at the top of the model folder")
+    for info, rel in keep:
+        fs.copy_file(info.path, f"{dpath}/{rel}")
+    st.write_bytes(st.join(dest, _PUBLISHED), json.dumps({"source": uri}).encode(), storage)
+    return dest
+
+
 def resolve_model(source: str) -> str:
     """A path (or hub id) that transformers / vLLM / TRL can load for ``source``, on this node."""
     if is_remote(source):

@@ -45,31 +45,25 @@ def _held_out_prompts(cfg: PersoDPOConfig) -> pa.Table:
     return table
 
 
-def _local_model_dir(uri: str, cfg: PersoDPOConfig) -> str:
-    """vLLM loads local folders: copy a model stored on s3:// (weights, tokenizer; no checkpoints)."""
+def servable_model(uri: str, cfg: PersoDPOConfig) -> str:
+    """What the evaluation generators load for a model stored at ``uri``.
+
+    A model on s3:// is published (object to object, without its checkpoints) to the run's model
+    store as ``eval-<version>``; the vLLM engines download it on their own nodes (ray.data.llm) and
+    so does :func:`persodpo.models.resolve_model` anywhere else: nothing goes through the driver,
+    which on a cluster is another machine. The version is what the folder holds (a train output's
+    lineage), not its URI: a model retrained into the same URI is published again. With
+    ``evaluate.engine: transformers`` the model is served on the driver (a ``local:`` server, for
+    one machine), so it is fetched there."""
     if not st.is_s3(uri):
         return uri
-    from persodpo.models import cache_dir
+    from persodpo.models import model_store, publish_remote_model, resolve_model
 
-    fs, path = st.resolve(uri, cfg.storage)
-    # Keyed on what the folder holds (a train output's lineage), not its URI: a model retrained
-    # into the same URI is fetched again.
-    dest = cache_dir() / "eval-models" / model_version(uri, cfg)
-    if (dest / ".complete").exists():
-        return str(dest)
-    import pyarrow.fs as pafs
-
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    for info in infos:
-        rel = info.path[len(path):].lstrip("/")
-        if info.type != pafs.FileType.File or rel.split("/")[0] in ("checkpoints", "tensorboard"):
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(target, "wb") as out:
-            out.write(src.read())
-    (dest / ".complete").write_text("ok\n")
-    return str(dest)
+    store = model_store(cfg.run.root, cfg.evaluate.output) or st.join(uri.rstrip("/").rsplit("/", 1)[0], "models")
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    published = publish_remote_model(uri, st.join(store, f"eval-{name}-{model_version(uri, cfg)}"),
+                                     storage=cfg.storage)
+    return resolve_model(published) if cfg.evaluate.engine == "transformers" else published
 
 
 def model_version(uri: str, cfg: PersoDPOConfig) -> str:
@@ -90,9 +84,9 @@ def models_to_evaluate(cfg: PersoDPOConfig) -> list[tuple[str, str]]:
     if e.input:
         if not st.is_complete(e.input, cfg.storage):
             raise InputError("not a complete train output (no _SUCCESS): run `persodpo train` first", file=e.input)
-        models.append((e.trained_name, _local_model_dir(e.input, cfg)))
+        models.append((e.trained_name, servable_model(e.input, cfg)))
     for b in e.baselines:
-        models.append((b.name, _local_model_dir(b.model, cfg) if st.is_s3(b.model) else b.model))
+        models.append((b.name, servable_model(b.model, cfg)))
     names = [n for n, _ in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be unique: {names}", key="evaluate.baselines")

@@ -141,3 +141,41 @@ def test_a_run_that_needs_the_drivers_machine_is_refused_before_any_work(cluster
     assert f"run.root='{root}' is a local directory, but this Ray cluster has 3 node(s)" in r.stderr
     assert "generate.generators[0].api.api_base='local:tiny:llama'" in r.stderr
     assert not root.exists()   # refused before any stage wrote anything
+
+
+def test_evaluate_hands_its_generators_the_trained_model_on_the_object_store_without_checkpoints(s3_env, tmp_path,
+                                                                                                monkeypatch):
+    """The trained model is never copied into the driver's cache (on a cluster the driver is another
+    machine, and a 7B model does not belong in the head's memory): evaluate publishes its weights
+    and tokenizer object to object inside the store, and engines fetch them on their own nodes."""
+    from persodpo.config import load_config
+    from persodpo.evaluate.stage import models_to_evaluate
+    from persodpo.models import cache_dir, resolve_model
+
+    root = f"s3://{s3_env['bucket']}/root"
+    train_out = st.join(root, "runs", "r", "train")
+    out = st.StageOutput(train_out).begin()
+    out.write_file("config.json", '{"model_type": "llama"}')
+    out.write_file("model.safetensors", os.urandom(2048))
+    out.write_file("tokenizer.json", "{}")
+    out.write_file("checkpoints/checkpoint_000001/model.safetensors", os.urandom(4096))
+    out.commit({"stage": "train", "lineage": {"hash": "v1"}})
+    monkeypatch.setenv("PERSODPO_CACHE_DIR", str(tmp_path / "driver-cache"))
+    cfg = load_config(None, [f"run.root={root}", f"evaluate.input={train_out}", "evaluate.include_base=false"])
+    [(name, model)] = models_to_evaluate(cfg)
+    assert model.startswith(st.join(root, "models", "eval-train-")), model
+    assert not (cache_dir() / "eval-models").exists()                     # nothing came to the driver
+    published = st.StageOutput(model).list_files()
+    assert "config.json" in published and not [p for p in published if p.startswith(("checkpoints", "_"))]
+    monkeypatch.setenv("PERSODPO_CACHE_DIR", str(tmp_path / "worker-cache"))
+    local = Path(resolve_model(model))
+    assert sorted(p.name for p in local.rglob("*") if p.is_file() and not p.name.startswith(".")) == \
+        ["config.json", "model.safetensors", "tokenizer.json"]              # no checkpoints, no manifest
+    # Retrained into the same URI (another lineage): published again, under another version.
+    out = st.StageOutput(train_out).begin()
+    out.write_file("config.json", '{"model_type": "llama"}')
+    out.write_file("model.safetensors", os.urandom(2048))
+    out.commit({"stage": "train", "lineage": {"hash": "v2"}})
+    [(_, again)] = models_to_evaluate(cfg)
+    assert again != model
+    assert (Path(resolve_model(again)) / "model.safetensors").read_bytes() != (local / "model.safetensors").read_bytes()
