@@ -2,13 +2,17 @@
 """Submit ``persodpo run`` (or one stage) to a Ray cluster with ``ray job submit`` semantics.
 
     python jobs/submit.py --address http://127.0.0.1:8265 --config jobs/configs/focus_full.yaml \
-        --run-id focus-full --root s3://my-bucket/persodpo [--stage generate] [--set k=v ...]
+        --run-id focus-full --root s3://my-bucket/persodpo [--stage generate] [--set k=v ...] \
+        [--cluster cluster/aws.yaml]
 
 The submission id is derived from the run id (``persodpo-<run>-<stage|run>``), so submitting the
 same run again never starts a duplicate: a running job is followed, a finished one is reported,
 and a failed or stopped one is resubmitted as ``...-r2``, ``-r3`` ... — and the run itself skips
 every stage whose output is already complete with the same config hash, so it resumes.
 Prints the job's logs while it runs and ends with one JSON line; exit code 0 only on SUCCEEDED.
+With ``--cluster`` (the cluster's autoscaler YAML or KubeRay manifest), the config is first checked
+against its node types (``persodpo check --cluster``): a request no node type can hold would wait
+forever on the cluster, so it is refused here (exit 2) before anything is submitted.
 """
 
 from __future__ import annotations
@@ -102,6 +106,27 @@ def pick_submission(client, run_id: str, stage: str | None) -> tuple[str, str | 
         return sid, status  # PENDING / RUNNING: follow it; SUCCEEDED: report it
 
 
+def _persodpo_importable() -> None:
+    try:
+        import persodpo  # noqa: F401
+    except ImportError:  # run from a checkout without installing: the package is next to jobs/
+        sys.path.insert(0, str(REPO))
+
+
+def feasibility_problems(args: argparse.Namespace) -> list[str]:
+    """The failed checks of the config (with this submission's overrides, root and stage) against
+    the cluster definition ``args.cluster``; [] when it fits."""
+    _persodpo_importable()
+    from persodpo.config import load_config
+    from persodpo.feasibility import check_feasibility, load_cluster
+
+    overrides = list(args.overrides) + [f"run.run_id={args.run_id}"] + ([f"run.root={args.root}"] if args.root else [])
+    cfg = load_config(args.config, overrides)
+    cluster = load_cluster(args.cluster)
+    checks = check_feasibility(cfg, cluster, [args.stage] if args.stage else None)
+    return [f"{c.name} [{c.key}]: {c.detail}" for c in checks if not c.ok]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--address", default=os.environ.get("RAY_JOB_ADDRESS") or os.environ.get("RAY_ADDRESS")
@@ -114,7 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime-env", default=str(REPO / "cluster" / "runtime_env.yaml"))
     p.add_argument("--no-wait", action="store_true", help="submit and return")
     p.add_argument("--timeout", type=float, default=7 * 24 * 3600)
+    p.add_argument("--cluster", metavar="PATH", help="check the config against this cluster definition (Ray "
+                   "autoscaler YAML or KubeRay manifest) before submitting; refuse if it does not fit")
     args = p.parse_args(argv)
+
+    if args.cluster:
+        _persodpo_importable()
+        from persodpo.errors import PersoDPOError
+
+        try:
+            problems = feasibility_problems(args)
+        except PersoDPOError as exc:
+            print(f"submit: {exc}", file=sys.stderr)
+            return 2
+        if problems:
+            print(f"submit: not submitted: {args.config} does not fit {args.cluster}:\n  - " + "\n  - ".join(problems),
+                  file=sys.stderr)
+            return 2
+        print(f"submit: {args.config} fits {args.cluster}", file=sys.stderr)
 
     from ray.job_submission import JobSubmissionClient
 

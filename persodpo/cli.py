@@ -8,6 +8,7 @@
     persodpo evaluate --config C --input CHECKPOINTS --output EVAL
     persodpo run      --run-id demo      (no --config: the embedded default, persodpo/data/demo.yaml)
     persodpo check    --config C         (whole-config checks, nothing runs)
+    persodpo check    --config C --cluster cluster/aws.yaml   (+ every resource request vs the node types)
     persodpo push     --input PAIRS --to hf:ORG/NAME [--dry-run]
 
 Flags are shorthands for dotted overrides (``--output X`` is ``--set <stage>.output=X``).
@@ -50,7 +51,8 @@ HELP = {
     "train": "pairs -> DPO fine-tuned model (TRL + DeepSpeed ZeRO on Ray Train)",
     "evaluate": "held-out generation, scoring and report",
     "run": "all stages in one Ray job under ROOT/runs/RUN_ID/ (no --config: the embedded default)",
-    "check": "check a config as a whole (recipe columns, word limit, splits) without running anything",
+    "check": "check a config as a whole (recipe columns, word limit, splits; with --cluster, every resource "
+             "request against the cluster's node types) without running anything",
     "push": "a pairs or train output folder -> a Hugging Face Hub repository (upload_folder)",
 }
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default=os.environ.get("PERSODPO_LOG_LEVEL", "INFO"))
         for flag, key, kw in flags:
             p.add_argument(flag, dest=f"flag_{key}", **kw)
+        if name == "check":  # not a config key: the cluster is not part of the run's configuration
+            p.add_argument("--cluster", metavar="PATH", help="cluster definition to check the config against: a Ray "
+                           "autoscaler YAML (cluster/aws.yaml) or a KubeRay RayCluster/RayJob manifest")
     return parser
 
 
@@ -78,10 +83,17 @@ def default_run_config() -> str:
     return str(resources.files("persodpo") / "data" / "demo.yaml")
 
 
-def _check(cfg) -> dict:
+def _check(cfg, cluster_path: str | None = None) -> dict:
     from persodpo.check import check_config
 
     checks = check_config(cfg)
+    cluster = None
+    if cluster_path:
+        from persodpo.feasibility import check_feasibility, load_cluster
+
+        cluster = load_cluster(cluster_path)
+        print(f"cluster {cluster.source}: {cluster.describe()}", file=sys.stderr)
+        checks += check_feasibility(cfg, cluster)
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" + (f" [{c.key}]" if c.key and not c.ok else ""),
               file=sys.stderr)
@@ -91,7 +103,8 @@ def _check(cfg) -> dict:
 
         raise ConfigError(f"{len(failed)} of {len(checks)} checks failed: " +
                           "; ".join(f"{c.name}: {c.detail}" for c in failed), key=failed[0].key)
-    return {"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
+    return {"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+            **({"cluster": cluster.source} if cluster else {})}
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "push":  # not a stage: publishes a finished output
             summary = importlib.import_module("persodpo.hub").push_command(args)
         elif args.command == "check":
-            summary = _check(cfg)
+            summary = _check(cfg, args.cluster)
         elif args.command == "run":
             module = importlib.import_module("persodpo.pipeline")
             summary = module.run_pipeline(cfg)
