@@ -201,7 +201,7 @@ def load_cluster(path: str | Path) -> Cluster:
     the RayCluster its ``clusterSelector`` names, looked up among the manifests next to it)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("no such cluster definition file", key="--cluster")
+        raise ConfigError(f"{path}: no such cluster definition file", key="--cluster")
     for doc in _documents(path):
         kind = doc.get("kind")
         if "available_node_types" in doc:
@@ -274,6 +274,21 @@ def cluster_has_gpus(cluster: Cluster | None) -> bool:
     """Whether any node the cluster has or can add offers GPUs (``device: auto`` / ``use_gpu``
     then mean GPU even while no GPU node is alive yet)."""
     return cluster is not None and any(t.resources.get("GPU", 0) > 0 and t.max_nodes > 0 for t in cluster.node_types)
+
+
+def gpus_for_auto(alive_gpus: float, cluster: Cluster | None) -> bool:
+    """What ``vllm.device: auto`` and an unset ``train.use_gpu`` resolve to: GPUs alive now, or
+    node types that can add them (an autoscaling cluster whose GPU nodes scale from zero)."""
+    return alive_gpus > 0 or cluster_has_gpus(cluster)
+
+
+def connected_cluster_has_gpus() -> bool:
+    """:func:`gpus_for_auto` for the connected Ray cluster (False when Ray is not up)."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    return gpus_for_auto(ray.cluster_resources().get("GPU", 0), live_cluster())
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -445,19 +460,22 @@ def check_request(r: Request, cluster: Cluster) -> Check:
         holders = [t for t in cluster.node_types if fits(b, t.resources)]
         if holders:
             continue
-        missing = [k for k, v in b.items() if v > EPS and not any(t.resources.get(k, 0) + EPS >= v
-                                                                  for t in cluster.node_types)]
-        short = missing or [k for k, v in b.items() if v > EPS]
+        # Blame what the closest node type lacks (fewest short resources): the accelerator type,
+        # the GPU count of a tensor parallel group, a custom resource.
+        lacks = {t.name: [k for k, v in b.items() if v > EPS and t.resources.get(k, 0.0) + EPS < v]
+                 for t in cluster.node_types}
+        closest = min(cluster.node_types, key=lambda t: (len(lacks[t.name]), t.head))
+        short = lacks[closest.name]
         key = next((r.resource_keys[k] for k in short if k in r.resource_keys), r.key)
-        why = ", ".join(f"{k}: {_num(b[k])}" for k in short)
+        why = ", ".join(f"{k}: {_num(b[k])} (it has {_num(closest.resources.get(k, 0))})" for k in short)
         hint = ""
-        accel = [k for k in short if k.startswith(ACCELERATOR_PREFIX)]
-        if accel:
+        if any(k.startswith(ACCELERATOR_PREFIX) for k in short):
             offered = sorted({k for t in cluster.node_types for k in t.resources if k.startswith(ACCELERATOR_PREFIX)})
             hint = (f"; accelerator types the node types declare: {', '.join(offered) or 'none'} (a node type "
                     "must declare accelerator_type:<X> in its resources for the autoscaler to add it)")
-        return Check(name, False, f"requests {format_resources(b)} per {'engine' if 'vLLM' in r.what else 'bundle'}, "
-                                  f"which no node type of {cluster.source} holds (short of {why}){hint}; node types: "
+        unit = "engine" if "vLLM" in r.what and len(r.bundles) == 1 else "bundle"
+        return Check(name, False, f"requests {format_resources(b)} per {unit}, which no node type of {cluster.source} "
+                                  f"holds (closest, {closest.name}, is short of {why}){hint}; node types: "
                                   f"{cluster.describe()}", key)
     used = pack([b for _ in range(r.count) for b in r.bundles], cluster)
     if used is None:

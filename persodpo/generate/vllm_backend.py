@@ -31,12 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(opts: VllmOptions) -> str:
+    """``auto``: gpu with an accelerator type, GPUs alive, or GPU node types the autoscaler can add
+    (GPU workers scaled to zero at start are still GPUs: persodpo.feasibility)."""
     if opts.device != "auto":
         return opts.device
-    import ray
+    if opts.accelerator_type:
+        return "gpu"
+    from persodpo.feasibility import connected_cluster_has_gpus
 
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-    return "gpu" if gpus > 0 or opts.accelerator_type else "cpu"
+    return "gpu" if connected_cluster_has_gpus() else "cpu"
 
 
 def sampling_params(gen: GeneratorConfig, template: str, word_limit: int) -> dict[str, Any]:

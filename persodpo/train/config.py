@@ -93,9 +93,11 @@ class TrainConfig(Section):
 
     # -- Ray Train -------------------------------------------------------------------------------
     num_workers: int = Field(2, ge=1)
-    use_gpu: bool | None = Field(None, description="None: use GPUs when the Ray cluster has any")
+    use_gpu: bool | None = Field(None, description="None: use GPUs when the Ray cluster has any, or its autoscaler "
+                                                   "can add GPU node types (persodpo.feasibility)")
     resources_per_worker: dict[str, float] | None = Field(
-        None, description="default {CPU: 1} (+ {GPU: 1} with use_gpu)")
+        None, description="default {CPU: 1} (+ {GPU: 1} with use_gpu); on clusters that reserve training nodes "
+                          "with a custom resource, ask for it, e.g. {CPU: 8, GPU: 1, train: 1}")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = Field(1, ge=-1, description="worker-group restarts from the latest checkpoint (-1: forever)")
     run_name: str | None = Field(None, description="Ray Train run name; default dpo-<hash of this section>. "

@@ -128,7 +128,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     from persodpo.lineage import of_manifest, weights_digest
 
     pairs_lineage = of_manifest(pairs_manifest)
-    ray = init_ray(cfg.ray, cfg.storage)
+    init_ray(cfg.ray, cfg.storage)
     _check_tokenizer(resolve_model(c.model), c.model)
     # Materialised on the driver: workers then only fetch blocks, and Ray Data read tasks cannot
     # starve behind the training workers when they hold every CPU (DESIGN.md section 7).
@@ -139,7 +139,12 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     # (The "path" column stays: dropping it here would add a Ray Data task per block that the
     # workers would wait for, on CPUs they hold themselves. training_rows() selects columns.)
 
-    use_gpu = c.use_gpu if c.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    if c.use_gpu is not None:
+        use_gpu = c.use_gpu
+    else:  # GPU node types the autoscaler can add count, not only the GPUs alive now
+        from persodpo.feasibility import connected_cluster_has_gpus
+
+        use_gpu = connected_cluster_has_gpus()
     resources = c.resources_per_worker or ({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1})
     name = run_name(cfg, pairs_lineage)
     # resume=True keeps checkpoints/ (a restarted run continues from them); only _SUCCESS and the
