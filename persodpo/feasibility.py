@@ -141,7 +141,7 @@ def _start_param_resources(text: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in json.loads(raw).items()}
 
 
-def group_resources(group: Mapping[str, Any], head: bool) -> tuple[dict[str, float], dict[str, str]]:
+def group_resources(group: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
     """One KubeRay group's Ray resources, by the rules of KubeRay's autoscaler (Ray 2.60,
     autoscaler/_private/kuberay/autoscaling_config.py): the group's ``resources`` field first, then
     ``rayStartParams`` (num-cpus, num-gpus, resources JSON), then the Ray container's limits (or
@@ -180,10 +180,10 @@ def group_resources(group: Mapping[str, Any], head: bool) -> tuple[dict[str, flo
 def cluster_from_kuberay(spec: Mapping[str, Any], source: str = "RayCluster") -> Cluster:
     """A RayCluster ``spec`` (or a RayJob's ``spec.rayClusterSpec``): the head group and every
     worker group (``maxReplicas`` x ``numOfHosts`` nodes)."""
-    head_res, head_labels = group_resources(spec.get("headGroupSpec") or {}, head=True)
+    head_res, head_labels = group_resources(spec.get("headGroupSpec") or {})
     types = [NodeType("head", head_res, max_workers=0, head=True, labels=head_labels)]
     for g in spec.get("workerGroupSpecs") or []:
-        res, labels = group_resources(g, head=False)
+        res, labels = group_resources(g)
         hosts = int(g.get("numOfHosts", 1))
         types.append(NodeType(g["groupName"], res, max_workers=int(g.get("maxReplicas", g.get("replicas", 0))) * hosts,
                               min_workers=int(g.get("minReplicas", 0)) * hosts, labels=labels))
