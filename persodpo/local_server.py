@@ -216,11 +216,19 @@ def vllm_is_cpu_build() -> bool:
 
 
 class LocalServer:
-    """Starts the server in a child process and waits until it answers; ``stop()`` ends it."""
+    """Starts the server in a child process and waits until it answers; ``stop()`` ends it.
+
+    A watchdog thread checks the server every ``health_interval_s`` (the process, and its health
+    endpoint: vLLM's ``/health`` fails once its engine core has died, while its HTTP server may
+    still be up). A server that exited, or failed ``health_failures`` checks in a row, is
+    restarted on the same port, up to ``max_restarts`` times; requests sent while it is down fail
+    and are retried by their litellm client (``max_retries``), and a stage whose requests still
+    fail beyond its error share fails naming the judge (``score.panel.max_error_share``)."""
 
     def __init__(self, source: str, backend: str = "transformers", *, served_name: str | list[str] = "local",
                  port: int | None = None, startup_timeout_s: float = 600.0, max_batch: int = 8,
-                 max_model_len: int = 4096, kv_cache_gb: int = 1):
+                 max_model_len: int = 4096, kv_cache_gb: int = 1, health_interval_s: float = 5.0,
+                 health_failures: int = 3, max_restarts: int = 2):
         if backend not in ("transformers", "vllm"):
             raise ValueError(f"unknown local server backend {backend!r} (transformers or vllm)")
         self.source, self.backend = source, backend
@@ -232,6 +240,10 @@ class LocalServer:
         self.max_model_len, self.kv_cache_gb = max_model_len, kv_cache_gb
         self.proc: subprocess.Popen | None = None
         self.log_path: str | None = None
+        self.health_interval_s, self.health_failures, self.max_restarts = health_interval_s, health_failures, max_restarts
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     @property
     def api_base(self) -> str:
@@ -260,6 +272,54 @@ class LocalServer:
         # A path that is not there fails here, not after the child has imported torch.
         if self.source.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(self.source)):
             raise FileNotFoundError(f"{self.source}: no such model directory for the local server")
+        self._spawn()
+        if self.health_interval_s > 0:
+            self._watchdog = threading.Thread(target=self._watch, daemon=True, name=f"watchdog-{self.port}")
+            self._watchdog.start()
+        return self
+
+    def healthy(self) -> bool:
+        """The process runs and answers its health endpoint."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        url = (self.api_base[: -len("/v1")] + "/health") if self.backend == "vllm" else self.api_base + "/models"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._stopping.wait(self.health_interval_s):
+            if self.healthy():
+                failures = 0
+                continue
+            failures += 1
+            exited = self.proc is not None and self.proc.poll() is not None
+            if not exited and failures < self.health_failures:
+                continue
+            if self._stopping.is_set():
+                return
+            if self.restarts >= self.max_restarts:
+                log.error("local %s server for %s is down and was restarted %d times already; giving up "
+                          "(its log %s ends with:\n%s)", self.backend, self.source, self.restarts, self.log_path,
+                          _tail(self.log_path or ""))
+                return
+            self.restarts += 1
+            log.warning("local %s server for %s %s; restarting it (%d of %d). Its log %s ends with:\n%s",
+                        self.backend, self.source, f"exited with code {self.proc.returncode}" if exited else
+                        f"failed {failures} health checks", self.restarts, self.max_restarts, self.log_path,
+                        _tail(self.log_path or "", 10))
+            self._kill()
+            try:
+                self._spawn()
+            except (RuntimeError, TimeoutError) as exc:
+                log.error("restart of the local server failed: %s", exc)
+                return
+            failures = 0
+
+    def _spawn(self) -> None:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gb))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -280,6 +340,9 @@ class LocalServer:
             logf.close()
         t0 = time.time()
         while time.time() - t0 < self.timeout:
+            if self._stopping.is_set():  # stop() during a restart
+                self._kill()
+                return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"local {self.backend} server for {self.source} exited "
                                    f"(code {self.proc.returncode}); its log ({self.log_path}) ends with:\n"
@@ -288,15 +351,21 @@ class LocalServer:
                 with urllib.request.urlopen(self.api_base + "/models", timeout=2) as r:
                     if r.status == 200:
                         log.info("local server ready at %s after %.1f s", self.api_base, time.time() - t0)
-                        return self
+                        return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.3)
-        self.stop()
+        self._kill()
         raise TimeoutError(f"local {self.backend} server for {self.source} not ready after {self.timeout:.0f}s "
                            f"(log: {self.log_path})")
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(self.timeout + 30)
+        self._kill()
+
+    def _kill(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         # Only our own child's process group (vLLM spawns engine processes inside it).

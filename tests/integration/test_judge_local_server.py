@@ -38,3 +38,29 @@ def test_a_tiny_model_answers_concurrent_requests_with_real_usage():
 def test_a_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         LocalServer(str(tmp_path / "missing-model-dir")).start()
+
+
+def test_a_server_that_dies_is_restarted_on_its_port_and_answers_again():
+    import os
+    import signal
+    import time
+
+    with LocalServer("tiny:llama", max_batch=4, health_interval_s=0.5, max_restarts=1) as server:
+        client = LiteLLMClient(ApiEndpoint(model="openai/local", api_base=server.api_base, timeout_s=60,
+                                           max_retries=0))
+
+        def ask():
+            return asyncio.run(client.complete([{"role": "user", "content": "hello"}], max_tokens=3, temperature=0))
+
+        assert ask().error is None
+        first = server.proc.pid
+        os.killpg(first, signal.SIGKILL)        # an engine that died (the demo judge's failure)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (server.restarts == 1 and server.healthy()):
+            time.sleep(0.2)
+        assert server.restarts == 1 and server.proc.pid != first
+        assert ask().error is None              # the same api_base answers again
+        os.killpg(server.proc.pid, signal.SIGKILL)  # past max_restarts: stays down, loudly
+        time.sleep(3)
+        assert server.restarts == 1 and not server.healthy()
+        assert ask().error is not None
