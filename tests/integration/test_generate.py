@@ -236,12 +236,10 @@ def _rows(path):
 
 
 @pytest.mark.slow
-def test_cli_two_generators_turn_the_bundled_sample_into_candidates(ray_address, tmp_path):
+def test_cli_two_generators_turn_the_bundled_sample_into_candidates(prompts_uri, ray_address, tmp_path):
     """jobs/configs/generate_local.yaml (vLLM + API via a local OpenAI server), tiny models for speed
     (the API side on persodpo's transformers server: vLLM's own server is tested in the judge tests)."""
-    prompts, out = str(tmp_path / "prompts"), str(tmp_path / "cands")
-    ingest = _cli("ingest", "--output", prompts)
-    assert ingest.wait(120) == 0, ingest.communicate()
+    prompts, out = prompts_uri, str(tmp_path / "cands")
     gen = _cli("generate", "--config", str(REPO / "jobs/configs/generate_local.yaml"), "--input", prompts,
                "--output", out, "--set", f"ray.address={ray_address}", "--set", "ray.progress_bars=false",
                "--set", "generate.generators.0.model=tiny:llama",

@@ -71,13 +71,17 @@ def test_killing_the_driver_during_vllm_generation_leaves_no_process(tmp_path):
         assert list(parts.glob("part-*.parquet")), "the engine produced nothing within 600 s"
         engine = [p for p in _tagged(tag) if "VLLM" in " ".join(p.cmdline()) or "EngineCore" in p.name()]
         assert engine, "no vLLM engine process found: the test would not test anything"
+        n_tagged = len(_tagged(tag))
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(30)
-        deadline = time.time() + 60
+        killed = time.time()
+        deadline = killed + 60
         while time.time() < deadline and _tagged(tag):
             time.sleep(1)
         left = _tagged(tag)
         assert not left, "processes of the killed run survive:\n" + "\n".join(_describe(left))
+        print(f"\n{n_tagged} processes of the run (engine: {sorted({p.name() for p in engine})}) all gone "
+              f"{time.time() - killed:.1f} s after the driver's process group was killed")
     finally:
         for p in _tagged(tag):  # never leave them to the next test
             try:
