@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module("persodpo.pipeline")
             summary = module.run_pipeline(cfg)
         else:
+            from persodpo.raycluster import PlacementWatchdog
+
             module = importlib.import_module(f"persodpo.{args.command}.stage")
-            summary = module.run_stage(cfg)
+            with PlacementWatchdog(args.command, cfg.ray.infeasible_timeout_s):
+                summary = module.run_stage(cfg)
     except PersoDPOError as exc:
         _disconnect_ray(ray_was_up)
         print(f"persodpo {args.command}: error: {exc}", file=sys.stderr)

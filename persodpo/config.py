@@ -40,6 +40,10 @@ class RaySection(Section):
     namespace: str = "persodpo"
     include_dashboard: bool = False
     progress_bars: bool = True
+    infeasible_timeout_s: float = Field(
+        600.0, ge=0, description="a placement group or actor of a stage still pending after this long fails the "
+                                 "stage naming the request (0: wait for ever); long enough for an autoscaler to "
+                                 "add a node")
 
 
 class StorageSection(Section):

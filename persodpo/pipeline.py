@@ -80,7 +80,10 @@ def run_pipeline(cfg: PersoDPOConfig) -> dict:
             continue
         upstream_reused = False
         log.info("%s: running -> %s", stage, getattr(cfg, stage).output)
-        summary = module.run_stage(cfg)
+        from persodpo.raycluster import PlacementWatchdog
+
+        with PlacementWatchdog(stage, cfg.ray.infeasible_timeout_s):
+            summary = module.run_stage(cfg)
         stages[stage] = {"status": "ran", **summary}
     return {"run_dir": run_dir(cfg), "stages": stages, "wall_time_s": round(time.time() - t0, 2),
             "cost_usd": round(sum(float(s.get("cost_usd") or 0) for s in stages.values()), 6)}

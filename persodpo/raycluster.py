@@ -152,3 +152,112 @@ def refuse_driver_local(cfg) -> None:
     problems = driver_local_problems(cfg, cluster_shape())
     if problems:
         raise ConfigError("this run depends on the driver's machine:\n  - " + "\n  - ".join(problems))
+
+
+def waiting_demands() -> list[str]:
+    """The resource requests the connected cluster cannot place now, as the autoscaler sees them."""
+    import ray
+
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    except Exception:  # noqa: BLE001 - an SDK that moved: the message goes without them
+        return []
+    out = [f"{d.bundle} x{d.count}" for a in demands.ray_task_actor_demand for d in a.bundles_by_count]
+    for pg in demands.placement_group_demand:
+        out += [f"placement group {d.bundle} x{d.count}" for d in pg.bundles_by_count]
+    return out
+
+
+class PlacementWatchdog:
+    """Fails a stage whose work cannot be placed, instead of letting it wait forever.
+
+    A request no node type can hold (an ``accelerator_type`` the cluster lacks, more GPUs per
+    engine than a node has) leaves its placement group or actor pending for ever: Ray logs the
+    autoscaler's complaint and the driver waits. This thread looks at the job's pending placement
+    groups and actors every ``interval_s``; one still pending after ``timeout_s`` (long enough for
+    an autoscaler to start a node) interrupts the stage, which then fails with a StageError naming
+    the request and the cluster's nodes. ``persodpo check --cluster`` finds most of these before a
+    run; this catches the rest (a live cluster that differs from its definition)."""
+
+    def __init__(self, stage: str, timeout_s: float, interval_s: float = 5.0):
+        self.stage, self.timeout_s, self.interval_s = stage, timeout_s, interval_s
+        self.first_seen: dict[str, float] = {}
+        self.error: str | None = None
+        self._stop = None
+        self._thread = None
+
+    def pending(self) -> dict[str, str]:
+        """{id: what} for this job's placement groups and actors that wait to be placed."""
+        import ray
+        from ray.util.placement_group import placement_group_table
+
+        job = ray.get_runtime_context().get_job_id()
+        out = {}
+        for pg_id, pg in placement_group_table().items():
+            # A placement group id ends with its job's id.
+            if pg.get("state") == "PENDING" and pg_id.endswith(job):
+                bundles = [{k: v for k, v in b.items()} for b in (pg.get("bundles") or {}).values()]
+                why = (pg.get("stats") or {}).get("scheduling_state", "pending")
+                out["pg:" + pg_id] = f"placement group {pg_id[:12]} ({why}) of bundles {bundles}"
+        for actor_id, a in ray._private.state.actors().items():
+            if a.get("State") == "PENDING_CREATION" and a.get("JobID") == job:
+                out["actor:" + actor_id] = f"actor {a.get('ActorClassName') or actor_id[:12]}"
+        return out
+
+    def check(self, now: float) -> str | None:
+        """The failure message once something has waited past the timeout (else None)."""
+        pending = self.pending()
+        self.first_seen = {k: self.first_seen.get(k, now) for k in pending}
+        late = [pending[k] for k, t in self.first_seen.items() if now - t >= self.timeout_s]
+        if not late:
+            return None
+        import ray
+
+        nodes = [{k: v for k, v in n["Resources"].items() if not k.startswith(("node:", "memory", "object_store"))}
+                 for n in ray.nodes() if n.get("Alive")]
+        return (f"{self.stage}: could not be placed for {self.timeout_s:.0f} s (ray.infeasible_timeout_s): "
+                + "; ".join(late[:5]) + f"; the cluster waits for {waiting_demands() or 'resources'}. "
+                f"Alive nodes offer {nodes}. A request no node type can hold waits "
+                "for ever: check the config against the cluster with `persodpo check --config C --cluster "
+                "cluster/aws.yaml` and fix the request (accelerator_type, tensor_parallel_size, resources).")
+
+    def _run(self) -> None:
+        import _thread
+        import time
+
+        import ray
+
+        while not self._stop.wait(self.interval_s):
+            if not ray.is_initialized():  # the stage connects to Ray itself, a moment after it starts
+                continue
+            try:
+                message = self.check(time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - a GCS hiccup must not fail the stage
+                log.debug("placement watchdog: %s", exc)
+                continue
+            if message:
+                self.error = message
+                log.error("%s", message)
+                _thread.interrupt_main()  # the stage's main thread waits inside Ray Data
+                return
+
+    def __enter__(self) -> "PlacementWatchdog":
+        import threading
+
+        if self.timeout_s and self.timeout_s > 0:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="placement-watchdog")
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(10)
+        if self.error and exc_type is KeyboardInterrupt:
+            from persodpo.errors import StageError
+
+            raise StageError(self.error) from None
+        return False
