@@ -154,32 +154,44 @@ def refuse_driver_local(cfg) -> None:
         raise ConfigError("this run depends on the driver's machine:\n  - " + "\n  - ".join(problems))
 
 
-def waiting_demands() -> list[str]:
-    """The resource requests the connected cluster cannot place now, as the autoscaler sees them."""
+def waiting_demands() -> list[dict]:
+    """The resource bundles the connected cluster has not placed yet, as its autoscaler sees them
+    (tasks, actors, placement group bundles); [] when the SDK cannot tell."""
     import ray
 
     try:
         from ray.autoscaler.v2.sdk import get_cluster_status
 
         demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
-    except Exception:  # noqa: BLE001 - an SDK that moved: the message goes without them
+    except Exception:  # noqa: BLE001 - an SDK that moved: no demands known, nothing is failed
         return []
-    out = [f"{d.bundle} x{d.count}" for a in demands.ray_task_actor_demand for d in a.bundles_by_count]
+    out = [dict(d.bundle) for a in demands.ray_task_actor_demand for d in a.bundles_by_count]
     for pg in demands.placement_group_demand:
-        out += [f"placement group {d.bundle} x{d.count}" for d in pg.bundles_by_count]
+        out += [dict(d.bundle) for d in pg.bundles_by_count]
     return out
 
 
-class PlacementWatchdog:
-    """Fails a stage whose work cannot be placed, instead of letting it wait forever.
+def unplaceable(demands: list[dict], node_totals: list[dict], node_types: list[dict]) -> list[dict]:
+    """The demands that fit neither the total resources of any alive node nor any node type the
+    autoscaler can add: they wait for ever. (A demand that fits a busy node, or a type not started
+    yet, only waits its turn.)"""
+    from persodpo.feasibility import fits
 
-    A request no node type can hold (an ``accelerator_type`` the cluster lacks, more GPUs per
-    engine than a node has) leaves its placement group or actor pending for ever: Ray logs the
-    autoscaler's complaint and the driver waits. This thread looks at the job's pending placement
-    groups and actors every ``interval_s``; one still pending after ``timeout_s`` (long enough for
-    an autoscaler to start a node) interrupts the stage, which then fails with a StageError naming
-    the request and the cluster's nodes. ``persodpo check --cluster`` finds most of these before a
-    run; this catches the rest (a live cluster that differs from its definition)."""
+    return [d for d in demands if not any(fits(d, r) for r in (*node_totals, *node_types))]
+
+
+class PlacementWatchdog:
+    """Fails a stage whose work cannot be placed, instead of letting it wait for ever.
+
+    A request no node can hold (an ``accelerator_type`` the cluster lacks, more GPUs per engine
+    than a node has, a custom resource no node type offers) leaves its actor or placement group
+    pending for ever: Ray logs the autoscaler's complaint and the driver waits. This thread reads
+    the cluster's waiting resource demands every ``interval_s``; one that fits no alive node and no
+    node type the autoscaler can add (when the cluster says: ``persodpo.feasibility.live_cluster``)
+    and is still waiting after ``timeout_s`` (long enough for a node to start) interrupts the stage,
+    which then fails with a StageError naming the request and the nodes. A pool that asks for
+    more actors than fit now only waits (its bundles fit a node). ``persodpo check --cluster``
+    finds most of these before a run; this catches the rest."""
 
     def __init__(self, stage: str, timeout_s: float, interval_s: float = 5.0):
         self.stage, self.timeout_s, self.interval_s = stage, timeout_s, interval_s
@@ -187,41 +199,45 @@ class PlacementWatchdog:
         self.error: str | None = None
         self._stop = None
         self._thread = None
+        self._types: list[dict] | None = None
 
-    def pending(self) -> dict[str, str]:
-        """{id: what} for this job's placement groups and actors that wait to be placed."""
+    def _node_types(self) -> list[dict]:
+        if self._types is None:
+            from persodpo.feasibility import live_cluster
+
+            cluster = live_cluster()
+            self._types = [dict(t.resources) for t in cluster.node_types] if cluster else []
+        return self._types
+
+    def pending_work(self) -> list[str]:
+        """This job's actors and placement groups that wait to be created (for the message)."""
         import ray
         from ray.util.placement_group import placement_group_table
 
         job = ray.get_runtime_context().get_job_id()
-        out = {}
-        for pg_id, pg in placement_group_table().items():
-            # A placement group id ends with its job's id.
-            if pg.get("state") == "PENDING" and pg_id.endswith(job):
-                bundles = [{k: v for k, v in b.items()} for b in (pg.get("bundles") or {}).values()]
-                why = (pg.get("stats") or {}).get("scheduling_state", "pending")
-                out["pg:" + pg_id] = f"placement group {pg_id[:12]} ({why}) of bundles {bundles}"
-        for actor_id, a in ray._private.state.actors().items():
-            if a.get("State") == "PENDING_CREATION" and a.get("JobID") == job:
-                out["actor:" + actor_id] = f"actor {a.get('ActorClassName') or actor_id[:12]}"
-        return out
+        out = [f"actor {a.get('ActorClassName')}" for a in ray._private.state.actors().values()
+               if a.get("State") == "PENDING_CREATION" and a.get("JobID") == job]
+        out += [f"placement group {pg_id[:12]}" for pg_id, pg in placement_group_table().items()
+                if pg.get("state") == "PENDING" and pg_id.endswith(job)]  # a placement group id ends with its job's
+        return sorted(set(out))
 
     def check(self, now: float) -> str | None:
-        """The failure message once something has waited past the timeout (else None)."""
-        pending = self.pending()
-        self.first_seen = {k: self.first_seen.get(k, now) for k in pending}
-        late = [pending[k] for k, t in self.first_seen.items() if now - t >= self.timeout_s]
-        if not late:
-            return None
+        """The failure message once an unplaceable demand has waited past the timeout (else None)."""
         import ray
 
-        nodes = [{k: v for k, v in n["Resources"].items() if not k.startswith(("node:", "memory", "object_store"))}
-                 for n in ray.nodes() if n.get("Alive")]
+        totals = [{k: v for k, v in n["Resources"].items() if not k.startswith("node:")}
+                  for n in ray.nodes() if n.get("Alive")]
+        stuck = {repr(sorted(d.items())): d for d in unplaceable(waiting_demands(), totals, self._node_types())}
+        self.first_seen = {k: self.first_seen.get(k, now) for k in stuck}
+        late = [stuck[k] for k, t in self.first_seen.items() if now - t >= self.timeout_s]
+        if not late:
+            return None
+        shown = [{k: v for k, v in n.items() if not k.startswith(("memory", "object_store"))} for n in totals]
         return (f"{self.stage}: could not be placed for {self.timeout_s:.0f} s (ray.infeasible_timeout_s): "
-                + "; ".join(late[:5]) + f"; the cluster waits for {waiting_demands() or 'resources'}. "
-                f"Alive nodes offer {nodes}. A request no node type can hold waits "
-                "for ever: check the config against the cluster with `persodpo check --config C --cluster "
-                "cluster/aws.yaml` and fix the request (accelerator_type, tensor_parallel_size, resources).")
+                f"{', '.join(map(str, late[:5]))} fits no node ({'; '.join(self.pending_work()[:5]) or 'work'} "
+                f"waits for it). Alive nodes offer {shown}. A request no node type can hold waits for ever: check "
+                "the config against the cluster with `persodpo check --config C --cluster cluster/aws.yaml` and "
+                "fix the request (accelerator_type, tensor_parallel_size, resources).")
 
     def _run(self) -> None:
         import _thread

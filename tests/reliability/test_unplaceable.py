@@ -34,7 +34,7 @@ def test_a_vllm_engine_no_node_can_hold_fails_generate_naming_the_request(tmp_pa
     wall = time.time() - t0
     assert r.returncode != 0, r.stderr[-3000:]
     assert "generate: could not be placed for 15 s (ray.infeasible_timeout_s)" in r.stderr, r.stderr[-3000:]
-    assert "'gpu_h100_node': 1.0" in r.stderr and "persodpo check" in r.stderr
+    assert "'gpu_h100_node': 1.0" in r.stderr and "fits no node" in r.stderr and "persodpo check" in r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["ok"] is False and "could not be placed" in summary["error"]
     assert not (tmp_path / "root" / "runs" / "unplaceable" / "generate" / "_SUCCESS").exists()

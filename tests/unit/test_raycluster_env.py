@@ -26,3 +26,15 @@ def test_outside_a_job_or_with_an_unreadable_config_there_are_none(monkeypatch):
     assert _job_env_vars() == {}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": None}))
     assert _job_env_vars() == {}
+
+
+def test_only_demands_that_fit_no_node_and_no_node_type_are_unplaceable():
+    from persodpo.raycluster import unplaceable
+
+    nodes = [{"CPU": 4.0}, {"CPU": 8.0, "GPU": 1.0, "accelerator_type:A10G": 1.0}]
+    types = [{"CPU": 192.0, "GPU": 8.0, "train": 8.0}]
+    busy = {"CPU": 8.0, "GPU": 1.0}                  # fits a node that is busy now: waits its turn
+    later = {"GPU": 1.0, "train": 1.0}               # fits a type the autoscaler can add
+    never = {"GPU": 1.0, "accelerator_type:L4": 0.001}
+    assert unplaceable([busy, later, never], nodes, types) == [never]
+    assert unplaceable([later], nodes, []) == [later]  # no node types known: only alive nodes count
