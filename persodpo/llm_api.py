@@ -188,10 +188,28 @@ class ApiBatchCaller:
     """
 
     def __init__(self, endpoint: dict, messages_column: str = "messages", prefix: str = "api_",
-                 params_column: str | None = None, limiter: Any = None):
+                 params_column: str | None = None, limiter: Any = None, ledgers: list | None = None):
         self.ep = ApiEndpoint.model_validate(endpoint)
         self.client = LiteLLMClient(self.ep, limiter=limiter)
         self.messages_column, self.prefix, self.params_column = messages_column, prefix, params_column
+        self.ledgers = list(ledgers or [])  # budget caps (persodpo.budget): reserve, send, settle
+
+    async def _paid(self, messages: list[dict], params: dict) -> ApiResult:
+        from persodpo.budget import reserve_all, worst_case_cost
+
+        p = {**self.ep.params, **params}
+        worst = worst_case_cost(self.ep.model, messages, int(p.get("max_tokens") or p.get("max_completion_tokens")
+                                                            or 1024))
+        if not await reserve_all(self.ledgers, worst):
+            states = [await led.state.remote() for led in self.ledgers]
+            full = next((x for x in states if x["spent_usd"] + x["reserved_usd"] + worst > x["cap_usd"]), states[0])
+            return ApiResult(error=f"budget: cap ${full['cap_usd']:g} reached (spent ${full['spent_usd']:.6f}; this "
+                                   f"request could cost up to ${worst:.6f}); not sent")
+        res = await self.client.complete(messages, **params)
+        actual = res.cost_usd if res.cost_usd is not None else (worst if res.error is None else 0.0)
+        for led in self.ledgers:
+            await led.settle.remote(worst, actual)
+        return res
 
     async def __call__(self, batch):
         msgs = list(batch[self.messages_column])
@@ -200,7 +218,10 @@ class ApiBatchCaller:
         async def one(m, p):
             if m is None:
                 return ApiResult(error="skipped")
-            return await self.client.complete([dict(x) for x in m], **(dict(p) if p else {}))
+            messages, params = [dict(x) for x in m], (dict(p) if p else {})
+            if self.ledgers:
+                return await self._paid(messages, params)
+            return await self.client.complete(messages, **params)
 
         results = await asyncio.gather(*(one(m, p) for m, p in zip(msgs, params)))
         out = batch.copy()
@@ -210,7 +231,7 @@ class ApiBatchCaller:
 
 
 def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages", prefix: str = "api_",
-                 params_column: str | None = None):
+                 params_column: str | None = None, ledgers: list | None = None):
     """``ds.map_batches`` through an actor pool of ApiBatchCaller for ``endpoint``."""
     from persodpo.rate_limit import endpoint_limiter
 
@@ -218,7 +239,7 @@ def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages"
         ApiBatchCaller,
         fn_constructor_kwargs={"endpoint": endpoint.model_dump(mode="json"), "messages_column": messages_column,
                                "prefix": prefix, "params_column": params_column,
-                               "limiter": endpoint_limiter(endpoint)},
+                               "limiter": endpoint_limiter(endpoint), "ledgers": ledgers},
         batch_size=endpoint.batch_size, compute=actor_pool(endpoint.concurrency),
         num_cpus=endpoint.num_cpus, batch_format="pandas",
     )

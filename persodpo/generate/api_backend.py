@@ -50,7 +50,7 @@ def _to_candidates(batch: pa.Table) -> pa.Table:
 
 
 def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, api_base: str | None = None,
-             skip_ids: frozenset = frozenset(), only_prompts: frozenset | None = None):
+             skip_ids: frozenset = frozenset(), only_prompts: frozenset | None = None, ledgers: list | None = None):
     """prompts dataset -> candidates dataset for one API generator (lazy)."""
     template = gcfg.template_of(gen)
     ep = endpoint(gen, template, gcfg.word_limit, api_base)
@@ -64,5 +64,5 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, api_base: s
     log.info("generator %s: API %s%s, %s actor(s) x %d in flight, rpm=%s tpm=%s", gen.name, ep.model,
              f" at {ep.api_base}" if ep.api_base else "", ep.concurrency, ep.max_in_flight, ep.rpm, ep.tpm)
     answered = call_dataset(requests, ep, messages_column="messages",
-                            params_column="api_params" if gen.sampling.seed is not None else None)
+                            params_column="api_params" if gen.sampling.seed is not None else None, ledgers=ledgers)
     return answered.map_batches(_to_candidates, batch_format="pyarrow", **LIGHT)

@@ -103,6 +103,8 @@ class GeneratorConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     vllm: VllmOptions | None = Field(None, description="backend vllm only")
     api: ApiOptions | None = Field(None, description="backend api only")
+    budget_usd: float | None = Field(None, gt=0, description="backend api: a cap on this generator's spending; "
+                                                             "requests that could pass it are not sent")
 
     @model_validator(mode="after")
     def _backend_options(self) -> "GeneratorConfig":
@@ -150,6 +152,10 @@ class GenerateConfig(Section):
     split: str | None = Field(None, description="answer only prompts of this split (e.g. train, keeping the "
                                                 "held-out split for evaluation); null: all")
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (demos, smoke tests)")
+    budget_usd: float | None = Field(None, gt=0, description="a cap on what all API generators spend together: each "
+                                                             "request reserves its worst-case cost first (litellm's "
+                                                             "prices or the registered ones); one that could pass the "
+                                                             "cap is not sent and its row says why")
 
     @field_validator("generators")
     @classmethod

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ATTEMPT = "_attempt.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 # Settings that do not change what a candidate is: a resumed run may differ in these.
-_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "output", "discard_stale"}
+_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "output", "discard_stale", "budget_usd"}
 _REQUIRED = ("prompt_id", "persona", "history")
 
 
@@ -165,7 +165,7 @@ def open_output(cfg: PersoDPOConfig, prompts_lineage: str | None = None) -> tupl
 
 # -- the stage -------------------------------------------------------------------------------
 def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prompts: frozenset | None,
-              stack: contextlib.ExitStack):
+              stack: contextlib.ExitStack, ledgers: dict | None = None):
     from persodpo.generate import api_backend, vllm_backend
     from persodpo.local_server import local_servers
     from persodpo.models import model_store, publish_model
@@ -186,9 +186,22 @@ def _datasets(cfg: PersoDPOConfig, prompts, todo, done_ids: frozenset, only_prom
                                                   skip_ids=done_ids, only_prompts=only_prompts))
             continue
         api_base = urls.get(gen.api_options.api_base)
+        caps = [led for key in ("generate.budget_usd", f"generators.{gen.name}.budget_usd")
+                if (led := (ledgers or {}).get(key)) is not None]
         branches.append(api_backend.generate(prompts, gen, cfg.generate, api_base=api_base, skip_ids=done_ids,
-                                              only_prompts=only_prompts))
+                                              only_prompts=only_prompts, ledgers=caps))
     return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+
+
+def budget_ledgers(g, todo) -> dict:
+    """Ledgers of the budget caps (persodpo.budget): ``generate`` for all API generators together,
+    and one per generator with its own cap."""
+    from persodpo.budget import ledger_actor
+
+    api = [gen for gen in todo if gen.backend == "api"]
+    ledgers = {"generate.budget_usd": ledger_actor(g.budget_usd)} if g.budget_usd and api else {}
+    ledgers.update({f"generators.{gen.name}.budget_usd": ledger_actor(gen.budget_usd) for gen in api if gen.budget_usd})
+    return ledgers
 
 
 def summarize(out: st.StageOutput) -> dict:
@@ -264,12 +277,14 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             log.info("generator %s: all %d candidates already written", gen.name, len(ids))
 
     written = 0
+    budget: dict = {}
     if todo:
         prompts = read_output(g.input, cfg.storage)
         # max_prompts: the first N in the table's order, chosen here (Ray's limit() may pick any N).
         only = frozenset(prompt_ids) if g.max_prompts or g.split is not None else None
+        ledgers = budget_ledgers(g, todo)
         with contextlib.ExitStack() as stack:
-            ds = _datasets(cfg, prompts, todo, frozenset(done), only, stack)
+            ds = _datasets(cfg, prompts, todo, frozenset(done), only, stack, ledgers)
             for batch in ds.iter_batches(batch_size=g.rows_per_part, batch_format="pyarrow", prefetch_batches=0):
                 if batch.num_rows == 0:
                     continue
@@ -277,6 +292,12 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
                                 name=f"part-{next_index:05d}.parquet")
                 next_index += 1
                 written += batch.num_rows
+        if ledgers:
+            import ray
+
+            budget = {k: ray.get(led.state.remote()) for k, led in ledgers.items()}
+            for led in ledgers.values():
+                ray.kill(led)
 
     s = summarize(out)
     per = s["per_generator"]
@@ -289,6 +310,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         "completion_tokens": sum(d["completion_tokens"] for d in per.values()),
         "prompt_tokens": sum(d["prompt_tokens"] for d in per.values()),
         "cost_usd": round(sum(d["cost_usd"] for d in per.values()), 6),
+        **({"budget": budget} if budget else {}),
     }
     out.commit(stage_manifest(cfg, "generate", upstream={"prompts": prompts_lineage}, input=g.input,
                               word_limit=g.word_limit, n_prompts=len(prompt_ids), templates=templates,

@@ -207,16 +207,10 @@ class JudgeActor:
 
     # Worst case of one request, so a granted reservation never lets spending pass the cap.
     def estimate_cost(self, messages: list[dict]) -> float:
-        import litellm
+        from persodpo.budget import worst_case_cost
 
-        try:
-            n_in = litellm.token_counter(model=self.judge.model, messages=messages)
-        except Exception:  # noqa: BLE001 - no tokenizer for this model: characters bound tokens
-            n_in = sum(len(m["content"]) for m in messages)
-        n_in = int(n_in * self.panel.cost_safety_factor) + 16
         n_out = int(self.params.get("max_tokens") or self.params.get("max_completion_tokens") or 1024)
-        p, c = litellm.cost_per_token(model=self.judge.model, prompt_tokens=n_in, completion_tokens=n_out)
-        return float(p) + float(c)
+        return worst_case_cost(self.judge.model, messages, n_out, self.panel.cost_safety_factor)
 
     async def _ask(self, messages: list[dict], key: str) -> Judgment:
         if key in self.memo:

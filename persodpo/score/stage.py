@@ -268,7 +268,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
             batch_format="pyarrow")
     ledger = None
     if judges and c.panel.budget_usd is not None:
-        from persodpo.score.budget import ledger_actor
+        from persodpo.budget import ledger_actor
 
         ledger = ledger_actor(c.panel.budget_usd)
     caches: dict[str, tuple] = {}

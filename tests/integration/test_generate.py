@@ -255,3 +255,23 @@ def test_cli_two_generators_turn_the_bundled_sample_into_candidates(prompts_uri,
     t = st.read_table(out)
     assert t.num_rows == 80 and len(set(t.column("candidate_id").to_pylist())) == 80
     assert all(r is not None for r in t.column("raw").to_pylist())
+
+
+def test_a_generation_budget_stops_requests_before_the_cap_and_says_so_per_row(ray_local, prompts_uri, tmp_path):
+    from persodpo.generate.stage import run_stage
+
+    out = str(tmp_path / "budget")
+    with OpenAIServer(echo_json()) as server:
+        gen = {"name": "paid", "backend": "api", "model": "openai/priced", "samples": 1,
+               "sampling": {"max_tokens": MAX_TOKENS}, "api": _ep(server, max_in_flight=4, batch_size=4)}
+        summary = run_stage(_cfg(prompts_uri, out, [gen], "generate.budget_usd=0.004"))
+        sent = server.stats["requests"]
+    t = st.read_table(out).to_pylist()
+    refused = [r for r in t if (r["error"] or "").startswith("budget: cap $0.004 reached")]
+    answered = [r for r in t if not (r["error"] or "").startswith("budget:")]
+    assert len(t) == 40 and refused and answered and len(refused) + len(answered) == 40
+    assert sent == len(answered)                                  # a refused request is never sent
+    ledger = summary["budget"]["generate.budget_usd"]
+    assert ledger["spent_usd"] <= ledger["cap_usd"] == 0.004 and ledger["refused"] == len(refused)
+    assert ledger["spent_usd"] == pytest.approx(sum(r["cost_usd"] for r in answered), rel=1e-6)
+    assert summary["cost_usd"] == pytest.approx(ledger["spent_usd"], rel=1e-6)

@@ -1,6 +1,6 @@
 """The budget ledger: reservations never let spending pass the cap."""
 
-from persodpo.score.budget import Ledger
+from persodpo.budget import Ledger
 
 
 def test_reservations_stop_before_the_cap_and_settle_to_real_cost():

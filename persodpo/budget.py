@@ -1,5 +1,7 @@
-"""The judges' budget cap: one ledger shared by every judge actor (a Ray actor), so the cap holds
-across judges, actors and machines.
+"""Budget caps for paid requests: one ledger shared by every actor that spends from it (a Ray
+actor), so the cap holds across actors and machines. The judges' panel has one
+(``score.panel.budget_usd``); API generation has one for all its generators
+(``generate.budget_usd``) and one per generator (``generate.generators[].budget_usd``).
 
 A request first *reserves* an upper bound of its cost (prompt tokens estimated with a safety
 factor, completion at ``max_tokens``); the ledger grants it only if spent + outstanding
@@ -47,3 +49,30 @@ def ledger_actor(cap_usd: float):
     import ray
 
     return ray.remote(num_cpus=0, max_concurrency=1)(Ledger).remote(cap_usd)
+
+
+def worst_case_cost(model: str, messages: list[dict], max_tokens: int, safety: float = 1.25) -> float:
+    """An upper bound of one request's cost in USD from litellm's prices (or the prices the config
+    registered): the prompt's tokens with a margin, and ``max_tokens`` of completion."""
+    import litellm
+
+    try:
+        n_in = litellm.token_counter(model=model, messages=messages)
+    except Exception:  # noqa: BLE001 - no tokenizer for this model: characters bound tokens
+        n_in = sum(len(str(m.get("content", ""))) for m in messages)
+    n_in = int(n_in * safety) + 16
+    p, c = litellm.cost_per_token(model=model, prompt_tokens=n_in, completion_tokens=int(max_tokens))
+    return float(p) + float(c)
+
+
+async def reserve_all(ledgers: list, amount: float) -> bool:
+    """Reserve ``amount`` on every ledger, or on none: a refusal by one releases the others."""
+    granted = []
+    for led in ledgers:
+        if await led.reserve.remote(amount):
+            granted.append(led)
+        else:
+            for g in granted:
+                await g.settle.remote(amount, 0.0)
+            return False
+    return True
