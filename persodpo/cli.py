@@ -8,6 +8,7 @@
     persodpo evaluate --config C --input CHECKPOINTS --output EVAL
     persodpo run      --run-id demo      (no --config: the embedded default, persodpo/data/demo.yaml)
     persodpo check    --config C         (whole-config checks, nothing runs)
+    persodpo plan     [--config C]       (requests, tokens and cost per stage; nothing is sent)
     persodpo check    --config C --cluster cluster/aws.yaml   (+ every resource request vs the node types)
     persodpo push     --input PAIRS --to hf:ORG/NAME [--dry-run]
 
@@ -39,6 +40,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, dict]]] = {
     "evaluate": [("--input", "input", {}), ("--output", "output", {})],
     "run": [("--run-id", "run_id", {}), ("--root", "root", {})],
     "check": [],
+    "plan": [("--run-id", "run_id", {}), ("--root", "root", {})],
     "push": [("--input", "input", {}), ("--to", "to", {"metavar": "hf:ORG/NAME"}),
              ("--dry-run", "dry_run", {"action": "store_true"}), ("--private", "private", {"action": "store_true"}),
              ("--message", "message", {})],
@@ -53,6 +55,7 @@ HELP = {
     "run": "all stages in one Ray job under ROOT/runs/RUN_ID/ (no --config: the embedded default)",
     "check": "check a config as a whole (recipe columns, word limit, splits; with --cluster, every resource "
              "request against the cluster's node types) without running anything",
+    "plan": "what a run will send and cost, per stage (rows, requests, tokens, USD), before any request",
     "push": "a pairs or train output folder -> a Hugging Face Hub repository (upload_folder)",
 }
 
@@ -107,8 +110,18 @@ def _check(cfg, cluster_path: str | None = None) -> dict:
             **({"cluster": cluster.source} if cluster else {})}
 
 
+def _plan(cfg) -> dict:
+    from persodpo.plan import plan_run, render
+
+    plans = plan_run(cfg)
+    print(render(plans), file=sys.stderr)
+    for p in plans[:-1]:
+        _emit(p)
+    return {"total": plans[-1]}
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    section = "run" if args.command == "run" else args.command
+    section = "run" if args.command in ("run", "plan") else args.command
     out = list(args.overrides)
     for key, value in vars(args).items():
         if key.startswith("flag_") and value is not None:
@@ -156,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from persodpo.config import load_config
 
-        config = args.config or (default_run_config() if args.command in ("run", "check") else None)
+        config = args.config or (default_run_config() if args.command in ("run", "check", "plan") else None)
         cfg = load_config(config, _overrides(args)) if args.command != "push" else None
         if args.command == "push":  # not a stage: publishes a finished output
             summary = importlib.import_module("persodpo.hub").push_command(args)
         elif args.command == "check":
             summary = _check(cfg, args.cluster)
+        elif args.command == "plan":
+            summary = _plan(cfg)
         elif args.command == "run":
             module = importlib.import_module("persodpo.pipeline")
             summary = module.run_pipeline(cfg)

@@ -102,7 +102,8 @@ class ApiResult:
     error: str | None = None
 
 
-def _register_prices(ep: ApiEndpoint) -> None:
+def register_prices(ep: ApiEndpoint) -> None:
+    """Tell litellm the prices the config gives for a model it does not know (cost tracking)."""
     if ep.input_cost_per_token is None and ep.output_cost_per_token is None:
         return
     import litellm
@@ -131,7 +132,7 @@ class LiteLLMClient:
         litellm.suppress_debug_info = True
         logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # per-call INFO lines would drown progress
         litellm.telemetry = False
-        _register_prices(ep)
+        register_prices(ep)
         self.ep = ep
         params = {"model": ep.model, "timeout": ep.timeout_s}
         if ep.api_base:
