@@ -125,7 +125,7 @@ class LiteLLMClient:
     """Async completions for one endpoint. ``limiter``: the endpoint's shared limiter actor
     (``persodpo.rate_limit.endpoint_limiter``); without one this client paces the whole limits."""
 
-    def __init__(self, ep: ApiEndpoint, limiter: Any = None):
+    def __init__(self, ep: ApiEndpoint, limiter: Any = None, *, name: str | None = None, kind: str = "generate"):
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
@@ -147,9 +147,17 @@ class LiteLLMClient:
         )
         self.limiter = client_limiter(ep, limiter)
         self.semaphore: asyncio.Semaphore | None = None
+        self.name, self.kind = name or ep.model, kind  # tags of its Ray metrics (persodpo.api_metrics)
 
     async def complete(self, messages: list[dict], **overrides) -> ApiResult:
         """One chat completion; never raises: failures come back as ``ApiResult.error``."""
+        from persodpo.api_metrics import record
+
+        result = await self._complete(messages, **overrides)
+        record(self.name, self.kind, result)
+        return result
+
+    async def _complete(self, messages: list[dict], **overrides) -> ApiResult:
         if self.semaphore is None:
             self.semaphore = asyncio.Semaphore(self.ep.max_in_flight)
         params = {**self.ep.params, **overrides}
@@ -189,9 +197,10 @@ class ApiBatchCaller:
     """
 
     def __init__(self, endpoint: dict, messages_column: str = "messages", prefix: str = "api_",
-                 params_column: str | None = None, limiter: Any = None, ledgers: list | None = None):
+                 params_column: str | None = None, limiter: Any = None, ledgers: list | None = None,
+                 name: str | None = None):
         self.ep = ApiEndpoint.model_validate(endpoint)
-        self.client = LiteLLMClient(self.ep, limiter=limiter)
+        self.client = LiteLLMClient(self.ep, limiter=limiter, name=name)
         self.messages_column, self.prefix, self.params_column = messages_column, prefix, params_column
         self.ledgers = list(ledgers or [])  # budget caps (persodpo.budget): reserve, send, settle
 
@@ -232,15 +241,16 @@ class ApiBatchCaller:
 
 
 def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages", prefix: str = "api_",
-                 params_column: str | None = None, ledgers: list | None = None):
-    """``ds.map_batches`` through an actor pool of ApiBatchCaller for ``endpoint``."""
+                 params_column: str | None = None, ledgers: list | None = None, name: str | None = None):
+    """``ds.map_batches`` through an actor pool of ApiBatchCaller for ``endpoint`` (``name``: the
+    generator's, in its Ray metrics)."""
     from persodpo.rate_limit import endpoint_limiter
 
     return ds.map_batches(
         ApiBatchCaller,
         fn_constructor_kwargs={"endpoint": endpoint.model_dump(mode="json"), "messages_column": messages_column,
                                "prefix": prefix, "params_column": params_column,
-                               "limiter": endpoint_limiter(endpoint), "ledgers": ledgers},
+                               "limiter": endpoint_limiter(endpoint), "ledgers": ledgers, "name": name},
         batch_size=endpoint.batch_size, compute=actor_pool(endpoint.concurrency),
         num_cpus=endpoint.num_cpus, batch_format="pandas",
     )

@@ -64,5 +64,6 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, api_base: s
     log.info("generator %s: API %s%s, %s actor(s) x %d in flight, rpm=%s tpm=%s", gen.name, ep.model,
              f" at {ep.api_base}" if ep.api_base else "", ep.concurrency, ep.max_in_flight, ep.rpm, ep.tpm)
     answered = call_dataset(requests, ep, messages_column="messages",
-                            params_column="api_params" if gen.sampling.seed is not None else None, ledgers=ledgers)
+                            params_column="api_params" if gen.sampling.seed is not None else None, ledgers=ledgers,
+                            name=gen.name)
     return answered.map_batches(_to_candidates, batch_format="pyarrow", **LIGHT)

@@ -191,7 +191,7 @@ class JudgeActor:
         self.judge = JudgeSpec.model_validate(judge)
         self.panel = PanelConfig.model_validate(panel)
         self.scale = tuple(self.panel.scale)
-        self.client = LiteLLMClient(self.judge, limiter=limiter)
+        self.client = LiteLLMClient(self.judge, limiter=limiter, name=self.judge.name, kind="judge")
         self.params = request_params(self.judge, self.scale)
         self.rubrics = {d: load_rubric(self.panel.rubrics[d]) for d in self.panel.dimensions}
         self.namespace = judge_namespace(self.judge.name, self.judge.model, self.params)
