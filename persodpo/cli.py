@@ -148,6 +148,14 @@ def _disconnect_ray(was_up: bool = False) -> None:
     sys.stdout.flush()
 
 
+def console_main() -> int:
+    """The ``persodpo`` command and ``python -m persodpo``: :func:`main` in a process of its own."""
+    from persodpo.raycluster import PlacementWatchdog
+
+    PlacementWatchdog.hard_exit = True
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -166,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     ray_was_up = _ray_is_up()
+
     try:
         from persodpo.config import load_config
 

@@ -82,7 +82,7 @@ def run_pipeline(cfg: PersoDPOConfig) -> dict:
         log.info("%s: running -> %s", stage, getattr(cfg, stage).output)
         from persodpo.raycluster import PlacementWatchdog
 
-        with PlacementWatchdog(stage, cfg.ray.infeasible_timeout_s):
+        with PlacementWatchdog(stage, cfg.ray.infeasible_timeout_s, command="run"):
             summary = module.run_stage(cfg)
         stages[stage] = {"status": "ran", **summary}
     return {"run_dir": run_dir(cfg), "stages": stages, "wall_time_s": round(time.time() - t0, 2),

@@ -193,8 +193,14 @@ class PlacementWatchdog:
     more actors than fit now only waits (its bundles fit a node). ``persodpo check --cluster``
     finds most of these before a run; this catches the rest."""
 
-    def __init__(self, stage: str, timeout_s: float, interval_s: float = 5.0):
+    # Set by the command line (its own process): a process whose stage was interrupted but does
+    # not end is ended. Never in a caller's process (tests, notebooks).
+    hard_exit = False
+
+    def __init__(self, stage: str, timeout_s: float, interval_s: float = 5.0, command: str | None = None,
+                 grace_s: float = 60.0):
         self.stage, self.timeout_s, self.interval_s = stage, timeout_s, interval_s
+        self.command, self.grace_s = command or stage, grace_s
         self.first_seen: dict[str, float] = {}
         self.error: str | None = None
         self._stop = None
@@ -251,13 +257,26 @@ class PlacementWatchdog:
             try:
                 message = self.check(time.monotonic())
             except Exception as exc:  # noqa: BLE001 - a GCS hiccup must not fail the stage
-                log.debug("placement watchdog: %s", exc)
+                log.warning("placement watchdog could not read the cluster's demands: %s: %s", type(exc).__name__, exc)
                 continue
             if message:
                 self.error = message
                 log.error("%s", message)
                 _thread.interrupt_main()  # the stage's main thread waits inside Ray Data
-                return
+                if not PlacementWatchdog.hard_exit:
+                    return
+                # In the CLI: if the process has not ended within grace_s (the interrupt swallowed,
+                # or Ray's shutdown waiting for actors that were never placed), end it with the
+                # error. Nothing was committed (a stage writes _SUCCESS last), so nothing is trusted.
+                time.sleep(self.grace_s)
+                import json
+                import os
+                import sys
+
+                print(f"persodpo {self.command}: error: {message}", file=sys.stderr, flush=True)
+                sys.stdout.write(json.dumps({"command": self.command, "ok": False, "error": message}) + "\n")
+                sys.stdout.flush()
+                os._exit(2)
 
     def __enter__(self) -> "PlacementWatchdog":
         import threading

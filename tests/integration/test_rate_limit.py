@@ -36,7 +36,8 @@ def _endpoint(server, **kw) -> ApiEndpoint:
 
 
 def test_one_actor_of_a_scaling_pool_uses_the_whole_rpm(ray_local):
-    # Before: a (1, 4) pool with one actor alive paced that actor at rpm / 4.
+    # Before: a (1, 4) pool with one actor alive paced that actor at rpm / 4 (0.25 of it; 0.7 leaves
+    # room for a loaded machine).
     with OpenAIServer(rpm_limit=RPM) as server:
         ep = _endpoint(server, concurrency=(1, 4))
         caller = ray_local.remote(num_cpus=0.1)(_Caller).remote(ep.model_dump(mode="json"), endpoint_limiter(ep))
@@ -44,7 +45,7 @@ def test_one_actor_of_a_scaling_pool_uses_the_whole_rpm(ray_local):
         assert errors == [None] * 50
         rate = _rate_after_burst(server.times, burst=10)
         assert server.stats["over_quota"] == 0
-    assert 0.8 * RPM / 60 <= rate <= 1.1 * RPM / 60, rate
+    assert 0.7 * RPM / 60 <= rate <= 1.1 * RPM / 60, rate
 
 
 def test_actors_together_never_exceed_the_endpoints_rpm(ray_local):
@@ -59,7 +60,7 @@ def test_actors_together_never_exceed_the_endpoints_rpm(ray_local):
         assert [e for errs in errors for e in errs if e] == []
         rate = _rate_after_burst(server.times[start:], burst=10)
         assert server.stats["over_quota"] == 0, "the actors together went past the endpoint's quota"
-        assert 0.8 * RPM / 60 <= rate <= 1.1 * RPM / 60, rate
+        assert 0.7 * RPM / 60 <= rate <= 1.1 * RPM / 60, rate
         assert ray_local.get(limiter.state.remote())["reservations"] == 3 + 90
 
         # The limiter's node lost: each actor paces itself at 1/3 of the rpm and loses no request.

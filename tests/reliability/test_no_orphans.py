@@ -34,6 +34,14 @@ def _tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
+def _title(p: psutil.Process) -> str:
+    """The process title (vLLM renames its processes), or "" for one that is already gone."""
+    try:
+        return " ".join(p.cmdline()) or p.name()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
+
+
 def _describe(procs: list[psutil.Process]) -> list[str]:
     out = []
     for p in procs:
@@ -69,7 +77,7 @@ def test_killing_the_driver_during_vllm_generation_leaves_no_process(tmp_path):
             time.sleep(0.5)
         assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
         assert list(parts.glob("part-*.parquet")), "the engine produced nothing within 600 s"
-        engine = [p for p in _tagged(tag) if "VLLM" in " ".join(p.cmdline()) or "EngineCore" in p.name()]
+        engine = sorted({name for name in map(_title, _tagged(tag)) if "VLLM" in name or "EngineCore" in name})
         assert engine, "no vLLM engine process found: the test would not test anything"
         n_tagged = len(_tagged(tag))
         os.killpg(driver.pid, signal.SIGKILL)
@@ -80,7 +88,7 @@ def test_killing_the_driver_during_vllm_generation_leaves_no_process(tmp_path):
             time.sleep(1)
         left = _tagged(tag)
         assert not left, "processes of the killed run survive:\n" + "\n".join(_describe(left))
-        print(f"\n{n_tagged} processes of the run (engine: {sorted({p.name() for p in engine})}) all gone "
+        print(f"\n{n_tagged} processes of the run (engine: {engine}) all gone "
               f"{time.time() - killed:.1f} s after the driver's process group was killed")
     finally:
         for p in _tagged(tag):  # never leave them to the next test

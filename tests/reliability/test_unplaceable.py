@@ -28,9 +28,13 @@ def test_a_vllm_engine_no_node_can_hold_fails_generate_naming_the_request(tmp_pa
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(path)], cwd=REPO,
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAY_ADDRESS", None)  # its own local Ray, not the test session's
+    try:
+        r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the run waited instead of failing:\n" + (exc.stderr or b"").decode()[-4000:]) from None
     wall = time.time() - t0
     assert r.returncode != 0, r.stderr[-3000:]
     assert "generate: could not be placed for 15 s (ray.infeasible_timeout_s)" in r.stderr, r.stderr[-3000:]

@@ -65,11 +65,11 @@ class OpenAIServer:
         self.responder = responder or echo_json()
         self.latency_s, self.fault_mix, self.retry_after_s, self.slow_s = latency_s, fault_mix or {}, retry_after_s, slow_s
         self.model_name = model_name
-        # A provider's quota: requests beyond rpm_limit are answered 429. Its bucket holds three
+        # A provider's quota: requests beyond rpm_limit are answered 429. Its bucket holds five
         # seconds' worth (providers count per minute), so a client pacing at the limit is not
         # refused for the scheduling jitter of a loaded 2-core machine; one that goes past it is.
         self.rpm_limit = rpm_limit
-        self._quota = [3.0 * rpm_limit / 60.0 if rpm_limit else 0.0, time.monotonic()]
+        self._quota = [5.0 * rpm_limit / 60.0 if rpm_limit else 0.0, time.monotonic()]
         self.rng = random.Random(seed)
         self.stats: Counter = Counter()
         self.attempts: dict[str, int] = defaultdict(int)   # per prompt text
@@ -108,7 +108,7 @@ class OpenAIServer:
             return False
         with self._lock:
             rate, now = self.rpm_limit / 60.0, time.monotonic()
-            level = min(3.0 * rate, self._quota[0] + (now - self._quota[1]) * rate)
+            level = min(5.0 * rate, self._quota[0] + (now - self._quota[1]) * rate)
             self._quota[1] = now
             if level < 1.0:
                 self._quota[0] = level
