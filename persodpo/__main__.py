@@ -1,4 +1,4 @@
-from persodpo.cli import console_main
+from persodpo.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(console_main())
+    raise SystemExit(main())

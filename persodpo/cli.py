@@ -148,14 +148,6 @@ def _disconnect_ray(was_up: bool = False) -> None:
     sys.stdout.flush()
 
 
-def console_main() -> int:
-    """The ``persodpo`` command and ``python -m persodpo``: :func:`main` in a process of its own."""
-    from persodpo.raycluster import PlacementWatchdog
-
-    PlacementWatchdog.hard_exit = True
-    return main()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -174,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     ray_was_up = _ray_is_up()
+    if argv is None:  # the command itself, in its own process (not a caller's main([...]))
+        from persodpo.raycluster import PlacementWatchdog
+
+        PlacementWatchdog.hard_exit = True
 
     try:
         from persodpo.config import load_config

@@ -65,12 +65,6 @@ def _cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | Non
     return float(p) + float(c)
 
 
-def _register(ep) -> None:
-    from persodpo.llm_api import register_prices
-
-    register_prices(ep)
-
-
 def _prompts(cfg: PersoDPOConfig, tmp: str) -> tuple[str, list[dict]]:
     """The prompts table this run would answer: its ingest output if current, else built now."""
     from persodpo import storage as st
@@ -93,8 +87,9 @@ def _answered(cfg: PersoDPOConfig, rows: list[dict], split: str | None, max_prom
     return rows[:max_prompts] if max_prompts else rows
 
 
-def _done_ids(cfg: PersoDPOConfig) -> set[str]:
-    """Candidates a resumed generate would keep (read only: nothing is deleted or begun)."""
+def _done_ids(cfg: PersoDPOConfig, prompts_lineage: str | None) -> set[str]:
+    """Candidates a resumed generate would keep (read only: nothing is deleted or begun): its
+    attempt must have the same config and the same prompts (generate.stage.open_output)."""
     import json
 
     import pyarrow.parquet as pq
@@ -109,7 +104,7 @@ def _done_ids(cfg: PersoDPOConfig) -> set[str]:
         prev = json.loads(st.read_bytes(st.join(g.output, ATTEMPT), cfg.storage))
     except ValueError:
         return set()
-    if prev.get("config_hash") != attempt_hash(cfg):
+    if prev.get("config_hash") != attempt_hash(cfg) or prev.get("prompts_lineage") != prompts_lineage:
         return set()
     out = st.StageOutput(g.output, cfg.storage)   # only listed: begin() is never called
     ids: set[str] = set()
@@ -120,15 +115,17 @@ def _done_ids(cfg: PersoDPOConfig) -> set[str]:
     return ids
 
 
-def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate") -> tuple[StagePlan, list[dict]]:
+def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate",
+                  prompts_lineage: str | None = None) -> tuple[StagePlan, list[dict]]:
     """The generation requests; returns the plan and the planned candidates (id, generator, row,
     reply token bound) for the judges' plan."""
     from persodpo.contracts import candidate_id
     from persodpo.generate.api_backend import endpoint
+    from persodpo.llm_api import register_prices
     from persodpo.prompting import build_messages, max_new_tokens
 
     g = cfg.generate
-    done = _done_ids(cfg) if stage == "generate" else set()
+    done = _done_ids(cfg, prompts_lineage) if stage == "generate" else set()
     prompts = _answered(cfg, rows, g.split, g.max_prompts) if stage == "generate" else rows
     plan = StagePlan(stage, rows=0)
     cands: list[dict] = []
@@ -151,7 +148,7 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
                  "completion_tokens": n_req * max_tokens, "kept_from_an_interrupted_run": len(prompts) * gen.samples - n_req}
         if gen.backend == "api":
             ep = endpoint(gen, template, g.word_limit, None)
-            _register(ep)
+            register_prices(ep)
             cost = _cost(ep.model, n_in, n_req * max_tokens) if n_req else 0.0
             entry["cost_usd"] = cost
             if cost is None:
@@ -170,6 +167,7 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
 
 
 def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "score") -> StagePlan:
+    from persodpo.llm_api import register_prices
     from persodpo.score.judges import audit_sampled, judge_messages, load_rubric, request_params
 
     panel = cfg.score.panel
@@ -177,7 +175,7 @@ def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "sco
     plan = StagePlan(stage, rows=len(cands))
     rubrics = {d: load_rubric(panel.rubrics[d])[0] for d in panel.dimensions}
     for j in judges:
-        _register(j)
+        register_prices(j)
         params = request_params(j, scale)
         out_tokens = int(params.get("max_tokens") or params.get("max_completion_tokens") or 16)
         skip = j.generator if panel.skip_own_generator else None
@@ -224,13 +222,16 @@ def plan_run(cfg: PersoDPOConfig) -> list[dict]:
     stages = list(cfg.run.stages)
     plans: list[StagePlan] = []
     with tempfile.TemporaryDirectory(prefix="persodpo-plan-") as tmp:
-        _, rows = _prompts(cfg, tmp)
+        prompts_uri, rows = _prompts(cfg, tmp)
+        from persodpo.lineage import of_output
+
+        lineage = of_output(prompts_uri, cfg.storage)
         cands: list[dict] = []
         for stage in stages:
             if stage == "ingest":
                 plans.append(StagePlan("ingest", rows=len(rows)))
             elif stage == "generate":
-                p, cands = plan_generate(cfg, rows)
+                p, cands = plan_generate(cfg, rows, prompts_lineage=lineage)
                 plans.append(p)
             elif stage == "score":
                 plans.append(plan_score(cfg, cands, cfg.score.judges))

@@ -13,16 +13,14 @@ head's process group, never ``ray stop``.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from tests.support.multinode import _node_ports, _ray_start, _stop_group
+from tests.support.multinode import ClusterAddresses, _node_ports, _ray_start, _stop_group, node_process_env
 from tests.support.ports import free_ports
 
 HEAD_ID = "f" * 51 + "00000"   # the provider's fixed head node id
@@ -46,7 +44,7 @@ def scaled_node_types(cluster_yaml: str | Path, cpus: dict[str, int], max_worker
     return types
 
 
-class AutoscalingCluster:
+class AutoscalingCluster(ClusterAddresses):
     def __init__(self, workdir: str | Path, node_types: dict, idle_timeout_minutes: float = 0.25,
                  env: dict | None = None):
         self.workdir = Path(workdir)
@@ -55,17 +53,6 @@ class AutoscalingCluster:
         self.env = dict(env or {})
         self.token = secrets.token_hex(16)
         self.head: subprocess.Popen | None = None
-
-    def client_env(self) -> dict[str, str]:
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
-
-    @property
-    def gcs_address(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
 
     def config(self) -> dict:
         return {
@@ -95,12 +82,9 @@ class AutoscalingCluster:
                "--num-gpus=0", f"--ray-client-server-port={client}", "--disable-usage-stats",
                f"--autoscaling-config={cfg}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dash}", *_node_ports(gcs, dash, client)]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000",
-               "RAY_raylet_start_wait_time_s": "300", **self.env, **self.client_env(),
-               "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "1",
-               "RAY_CLOUD_INSTANCE_ID": HEAD_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": HEAD_ID}
-        env.pop("RAY_ADDRESS", None)
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env = node_process_env({**self.env, **self.client_env(), "RAY_FAKE_CLUSTER": "1",
+                                "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "1",
+                                "RAY_CLOUD_INSTANCE_ID": HEAD_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": HEAD_ID})
         self.log_path = self.workdir / "head.log"
         self.head = subprocess.Popen(cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env, cwd=self.workdir)

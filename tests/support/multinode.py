@@ -86,6 +86,40 @@ def _stop_group(proc: subprocess.Popen | None, grace: float = 15) -> None:
             pass
 
 
+def node_process_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a Ray node process started by a test harness."""
+    # A raylet waits only ~15 s for its dashboard agent's port file: a loaded CI machine takes
+    # longer and the raylet dies ("Timed out waiting for file ...dashboard_agent_listen_port").
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000",
+           "RAY_raylet_start_wait_time_s": "300", **extra}
+    env.pop("RAY_ADDRESS", None)
+    # Job entrypoints and worker processes say `python`: make it this venv's.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+class ClusterAddresses:
+    """Where a test cluster on 127.0.0.1 listens, and the token its clients need (set ``token``,
+    ``gcs_port`` and ``dashboard_port``)."""
+
+    token: str
+    gcs_port: int
+    dashboard_port: int
+
+    def client_env(self) -> dict[str, str]:
+        """What a driver (ray.init, ray job submit) needs to talk to this cluster."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def address(self) -> str:
+        """The job server's address (when the head runs one)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+
 @dataclass
 class WorkerNode:
     name: str
@@ -96,7 +130,7 @@ class WorkerNode:
 
 
 @dataclass
-class MultiNodeCluster:
+class MultiNodeCluster(ClusterAddresses):
     """``with MultiNodeCluster(tmp, hidden=[...]).start(workers=[...]) as c:`` -> c.gcs_address."""
 
     workdir: Path
@@ -111,29 +145,8 @@ class MultiNodeCluster:
         self.workers: list[WorkerNode] = []
 
     # -- environment ------------------------------------------------------------------------
-    def client_env(self) -> dict[str, str]:
-        """What a driver (ray.init, ray job submit) needs to talk to this cluster."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
-
     def _proc_env(self) -> dict[str, str]:
-        # A raylet waits only ~15 s for its dashboard agent's port file: a loaded CI machine takes
-        # longer and the raylet dies ("Timed out waiting for file ...dashboard_agent_listen_port").
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000",
-               "RAY_raylet_start_wait_time_s": "300",
-               **self.env, **self.client_env()}
-        env.pop("RAY_ADDRESS", None)
-        # Job entrypoints and worker processes say `python`: make it this venv's.
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        return env
-
-    @property
-    def gcs_address(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
-
-    @property
-    def address(self) -> str:
-        """The job server's address (``job_server=True`` only)."""
-        return f"http://127.0.0.1:{self.dashboard_port}"
+        return node_process_env({**self.env, **self.client_env()})
 
     # -- start ------------------------------------------------------------------------------
     def start(self, workers: list[dict], timeout: float = 360) -> "MultiNodeCluster":
