@@ -44,6 +44,10 @@ class RaySection(Section):
         600.0, ge=0, description="a placement group or actor of a stage still pending after this long fails the "
                                  "stage naming the request (0: wait for ever); long enough for an autoscaler to "
                                  "add a node")
+    actor_init_deaths: int = Field(
+        3, ge=-1, description="actors of one operator that may die in a row while they start (a spot node lost while "
+                              "a vLLM engine loads its model) and be replaced, before the stage fails; Ray Data's "
+                              "own default, 0, fails the run on the first; -1: no limit")
 
 
 class StorageSection(Section):

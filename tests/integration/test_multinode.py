@@ -66,33 +66,87 @@ print(json.dumps(out))
     assert seen == {w["name"]: [] for w in WORKERS}         # ... no worker node does
 
 
-def test_a_vllm_generator_with_a_model_built_on_the_driver_runs_on_a_worker_node(cluster, s3_env, tmp_path):
+def judge_responder(messages, body):
+    return json.dumps({"score": 1 + sum(map(ord, messages[-1]["content"])) % 5})
+
+
+VLLM = {"device": "cpu", "max_model_len": 1024, "dtype": "float32", "batch_size": 4, "resources": {"generate": 1}}
+
+
+def _full_run_config(cluster, root: str, run_id: str, judge_base: str, stages: list[str]) -> Path:
     cfg = yaml.safe_load((REPO / "jobs" / "configs" / "tiny.yaml").read_text())
-    root = f"s3://{s3_env['bucket']}/root"
-    cfg["run"] = {"root": root, "run_id": "mn", "stages": ["ingest", "generate"]}
+    cfg["run"] = {"root": root, "run_id": run_id, "stages": stages}
     cfg["ray"] = {"address": cluster.gcs_address, "progress_bars": False}
-    cfg["ingest"]["max_dialogs"] = 2
+    cfg["ingest"].update(max_dialogs=3, holdout_fraction=0.34)   # 2 dialogs to train on, 1 held out
     # The engine asks for the generator node's resource: it runs there, never where the driver is.
     cfg["generate"]["generators"] = [{
-        "name": "tiny-vllm", "backend": "vllm", "model": "tiny:llama", "samples": 1,
-        "sampling": {"temperature": 1.0, "seed": 0, "max_tokens": 16},
-        "vllm": {"device": "cpu", "max_model_len": 1024, "dtype": "float32", "batch_size": 16,
-                 "resources": {"generate": 1}}}]
-    config = cluster.private / "mn.yaml"   # read by the driver only
+        "name": "tiny-vllm", "backend": "vllm", "model": "tiny:llama", "samples": 2,
+        "sampling": {"temperature": 1.0, "seed": 0, "max_tokens": 16}, "vllm": VLLM}]
+    cfg["score"]["judges"] = [{"name": "j1", "model": "openai/judge", "api_base": judge_base, "max_retries": 2,
+                               "concurrency": 1, "timeout_s": 30}]
+    cfg["train"].update(max_steps=2, save_steps=2)
+    # vLLM (the generate section's options, on the generator node) serving the trained model that
+    # train wrote to the object store; the base model is left out: one engine fits that node.
+    cfg["evaluate"] = {"split": "valid", "engine": "vllm", "temperature": 1.0, "judges": False,
+                       "include_base": False, "max_prompts": 4}
+    config = cluster.private / f"{run_id}.yaml"   # read by the driver only
     config.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(config)], cwd=REPO,
-                       capture_output=True, text=True, timeout=900, env=_driver_env(cluster))
-    assert r.returncode == 0, r.stderr[-5000:]
+    return config
+
+
+STAGES = ["ingest", "generate", "score", "pairs", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(cluster, s3_server):
+    """ingest through evaluate on the separate nodes, the run root on S3 (also the reference
+    tables of the vLLM spot-loss test)."""
+    import time
+
+    from tests.support.openai_server import OpenAIServer
+
+    bucket = "multinode-whole"
+    s3_server.create_bucket(bucket)
+    root = f"s3://{bucket}/root"
+    with OpenAIServer(judge_responder) as judge:
+        config = _full_run_config(cluster, root, "full", judge.api_base, STAGES)
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(config)], cwd=REPO,
+                           capture_output=True, text=True, timeout=1500, env=_driver_env(cluster))
+    return {"result": r, "root": root, "seconds": time.time() - t0}
+
+
+def test_a_whole_run_on_separate_nodes_reads_nothing_from_the_drivers_machine(cluster, whole_run, s3_env):
+    """The vLLM engines (a model built on the driver, then the trained one) run on the generator
+    node, the judge's actors and the train worker wherever Ray puts them, and no stage reads a
+    driver-local file."""
+    r, root, stages = whole_run["result"], whole_run["root"], STAGES
+    assert r.returncode == 0, r.stderr[-6000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    gen = summary["stages"]["generate"]
-    assert gen["status"] == "ran", gen
-    cands = st.read_table(st.join(root, "runs", "mn", "generate"))
-    assert cands.num_rows > 0
-    assert set(cands.column("generator").to_pylist()) == {"tiny-vllm"}
+    assert [summary["stages"][s]["status"] for s in stages] == ["ran"] * 6, summary
+    run = st.join(root, "runs", "full")
+    cands = st.read_table(st.join(run, "generate"))
+    assert cands.num_rows > 0 and set(cands.column("generator").to_pylist()) == {"tiny-vllm"}
     assert "error" not in set(cands.column("parse_status").to_pylist()), cands.column("error").to_pylist()[:3]
-    # The model went through the object store, built once on the driver.
-    assert st.exists(st.join(root, "models"))
+    scores = st.read_table(st.join(run, "score"))
+    assert scores.num_rows == cands.num_rows
+    judged = summary["stages"]["score"]["judges"]["j1"]
+    assert judged["ok"] == judged["requests"] and judged["ok"] % cands.num_rows == 0, judged   # every dimension
+    assert summary["stages"]["pairs"]["n_pairs"] > 0, summary["stages"]["pairs"]
+    trained = st.read_manifest(st.join(run, "train"))   # checkpointed to the store, trained from the base
+    assert f"{root.split('://')[1]}/runs/full/train/checkpoints/" in (trained["last_checkpoint"] or ""), trained
+    assert summary["stages"]["train"]["global_step"] == 2 and not summary["stages"]["train"]["resumed_from_step"]
+    # evaluate generated with the trained weights, which reached the engine from the object store
+    evaluated = st.read_table(st.join(run, "evaluate", "candidates"))
+    assert set(evaluated.column("generator").to_pylist()) == {"dpo"}
+    assert "error" not in set(evaluated.column("parse_status").to_pylist())
+    published = [f for f in st.StageOutput(st.join(root, "models")).list_files() if "/eval-train-" in "/" + f]
+    assert published, "evaluate did not publish the trained model to the store"
+    # The generator's model went through the object store, built once on the driver.
     assert (cluster.cache / "models" / "tiny-llama" / ".complete").exists()
+    print(f"\nwhole run on separate nodes in {whole_run['seconds']:.0f} s: {cands.num_rows} candidates, "
+          f"{summary['stages']['pairs']['n_pairs']} pairs, {evaluated.num_rows} evaluated replies; stage seconds "
+          f"{ {s: round(summary['stages'][s].get('wall_time_s', 0)) for s in stages} }")
 
 
 def test_a_published_model_is_fetched_whole_by_persodpo_and_by_ray_data_llm(s3_env, tmp_path, monkeypatch):
@@ -181,9 +235,9 @@ def test_evaluate_hands_its_generators_the_trained_model_on_the_object_store_wit
     assert (Path(resolve_model(again)) / "model.safetensors").read_bytes() != (local / "model.safetensors").read_bytes()
 
 
-def _api_run_config(cluster, root: str, run_id: str, api_base: str) -> Path:
+def _api_run_config(cluster, root: str, run_id: str, api_base: str, judge_base: str) -> Path:
     cfg = yaml.safe_load((REPO / "jobs" / "configs" / "tiny.yaml").read_text())
-    cfg["run"] = {"root": root, "run_id": run_id, "stages": ["ingest", "generate"]}
+    cfg["run"] = {"root": root, "run_id": run_id, "stages": ["ingest", "generate", "score"]}
     cfg["ray"] = {"address": cluster.gcs_address, "progress_bars": False}
     cfg["generate"]["rows_per_part"] = 8
     cfg["generate"]["template"] = "persobench-json-v1"
@@ -192,70 +246,132 @@ def _api_run_config(cluster, root: str, run_id: str, api_base: str) -> Path:
         "sampling": {"temperature": 1.0, "max_tokens": 32},
         "api": {"api_base": api_base, "concurrency": 2, "max_in_flight": 2, "batch_size": 2, "max_retries": 2,
                 "timeout_s": 30}}]
+    cfg["score"]["judges"] = [{"name": "j1", "model": "openai/judge", "api_base": judge_base, "max_retries": 2,
+                               "concurrency": 2, "max_in_flight": 2, "batch_size": 4, "timeout_s": 30}]
     path = cluster.private / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def _tables(root: str, run_id: str) -> dict:
+def _tables(root: str, run_id: str, stages=("generate", "score")) -> dict:
+    """A stage's rows by candidate id, without what differs between two runs of the same config
+    (times, latencies)."""
     import pyarrow.compute as pc
 
     out = {}
-    for stage, cols in (("generate", ["candidate_id", "prompt_id", "text", "parse_status", "finish_reason"]),):
-        t = st.read_table(st.join(root, "runs", run_id, stage)).select(cols)
+    for stage in stages:
+        t = st.read_table(st.join(root, "runs", run_id, stage))
+        t = t.drop_columns([c for c in t.column_names if c in ("generated_at", "latency_s", "scored_at")])
         out[stage] = t.take(pc.sort_indices(t, [("candidate_id", "ascending")])).to_pylist()
     return out
 
 
-def test_losing_the_node_of_the_api_actors_during_generate_loses_and_duplicates_no_row(cluster, s3_env):
-    """A spot loss: the worker node that hosts the API generator's actors is SIGKILLed (its whole
-    process group) while they have requests in flight. Ray Data restarts the actors on the node
-    that is left and retries their tasks; the run's tables equal those of an uninterrupted run."""
+def _run_losing_nodes(cluster, config: Path, kills) -> dict:
+    """Run ``config``, and for each ``(when, title)`` in ``kills``: once ``when()`` holds, replace
+    (SIGKILL, then a new node of its type, as the autoscaler would) the worker node whose processes
+    include one titled ``title``. If the run fails, resubmit it once (what jobs/submit.py does)."""
+    import time
+
+    from tests.support.procs import descendants_titled
+
+    t0 = time.time()
+    run = subprocess.Popen([sys.executable, "-m", "persodpo", "run", "--config", str(config)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_driver_env(cluster))
+    lost = []
+    try:
+        for when, title in kills:
+            victim, deadline = None, time.time() + 600
+            while victim is None and time.time() < deadline and run.poll() is None:
+                if when():
+                    victim = next((w.name for w in cluster.workers if w.proc.poll() is None
+                                   and descendants_titled([w.proc.pid], title)), None)
+                time.sleep(0.2)
+            assert victim, f"no worker node ran {title!r} while the run was in that phase (rc {run.poll()})"
+            at = time.time() - t0
+            new = cluster.replace_worker(victim)
+            lost.append({"node": victim, "title": title, "at_s": round(at), "replaced_by": new.name})
+        out, err = run.communicate(timeout=1200)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    attempts, second, why = 1, None, None
+    if run.returncode != 0:
+        attempts = 2
+        why = next((line for line in reversed(err.splitlines()) if "Error" in line or "error" in line), err[-300:])
+        second = subprocess.run(run.args, cwd=REPO, capture_output=True, text=True, timeout=1200,
+                                env=_driver_env(cluster))
+        assert second.returncode == 0, err[-3000:] + "\n---\n" + second.stderr[-3000:]
+    return {"lost": lost, "attempts": attempts, "seconds": time.time() - t0, "first_attempt_error": why}
+
+
+def test_losing_the_node_of_the_vllm_engine_during_generate_loses_and_duplicates_no_row(cluster, whole_run, s3_env):
+    """A spot loss of the generator node while its vLLM engine works: the node is replaced, Ray
+    Data restarts the engine there and retries the lost batches; the candidates equal the whole
+    run's (same prompts and generator, seeded requests)."""
+    assert whole_run["result"].returncode == 0, "the reference run failed"
+    root = whole_run["root"]
+    out = st.join(root, "runs", "vllm-lost", "generate")
+    # Once the engine has written a part, or has been up for 15 s (a tiny model's whole generate can
+    # take less than its engine's start): the engine holds requests, or is loading the model.
+    title, seen = "ray::MapWorker(MapBatches(vLLMEngineStageUDF", {}
+
+    def engine_at_work() -> bool:
+        import time
+
+        from tests.support.procs import descendants_titled
+
+        if "t" not in seen and descendants_titled([w.proc.pid for w in cluster.workers if w.proc.poll() is None],
+                                                  title):
+            seen["t"] = time.time()
+        parts = st.exists(out) and [f for f in st.StageOutput(out).list_files() if f.endswith(".parquet")]
+        if "t" in seen and (bool(parts) or time.time() - seen["t"] > 15):
+            seen["parts"] = len(parts or [])
+            return True
+        return False
+
+    config = _full_run_config(cluster, root, "vllm-lost", "http://127.0.0.1:9", ["ingest", "generate"])
+    got = _run_losing_nodes(cluster, config, [(engine_at_work, title)])
+    expected, after = _tables(root, "full", ["generate"]), _tables(root, "vllm-lost", ["generate"])
+    ids = [row["candidate_id"] for row in after["generate"]]
+    assert len(ids) == len(set(ids)) == len(expected["generate"])          # 0 lost, 0 duplicated
+    assert after == expected
+    # Ray Data replaced the engine actor (ray.actor_init_deaths): no resubmission was needed.
+    assert got["attempts"] == 1, got
+    ref = json.loads(whole_run["result"].stdout.strip().splitlines()[-1])["stages"]
+    ref_s = sum(ref[s].get("wall_time_s", 0) for s in ("ingest", "generate"))
+    print(f"\nspot loss of the vLLM engine's node ({seen['parts']} part(s) written then): {got['lost']}; finished in {got['attempts']} attempt(s) "
+          f"(first attempt: {got['first_attempt_error']}), {got['seconds']:.0f} s for ingest+generate vs "
+          f"{ref_s:.0f} s in the whole run ({len(ids)} candidates); nodes now {cluster.alive_workers()}")
+
+
+def test_losing_nodes_during_generate_and_during_score_loses_and_duplicates_no_row(cluster, s3_env):
+    """Spot losses: the worker node that hosts the API generator's actors is lost while they have
+    requests in flight, then the node of the judge's actors while they score. Each is replaced;
+    Ray Data restarts the actors and retries their tasks; the tables equal an uninterrupted run's."""
     import time
 
     from tests.support.openai_server import OpenAIServer, echo_json
-    from tests.support.procs import descendants_titled
 
     root = f"s3://{s3_env['bucket']}/root"
-    with OpenAIServer(echo_json(), latency_s=0.4) as server:
+    with OpenAIServer(echo_json(), latency_s=0.4) as gen, OpenAIServer(judge_responder, latency_s=0.3) as judge:
         t0 = time.time()
         r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config",
-                            str(_api_run_config(cluster, root, "whole", server.api_base))],
+                            str(_api_run_config(cluster, root, "whole", gen.api_base, judge.api_base))],
                            cwd=REPO, capture_output=True, text=True, timeout=900, env=_driver_env(cluster))
         assert r.returncode == 0, r.stderr[-5000:]
         whole_s = time.time() - t0
         expected = _tables(root, "whole")
-        n = len(expected["generate"])
-
-        title = "ray::MapWorker(MapBatches(ApiBatchCaller"
-        before = server.stats["requests"]
-        t0 = time.time()
-        run = subprocess.Popen([sys.executable, "-m", "persodpo", "run", "--config",
-                                str(_api_run_config(cluster, root, "lost", server.api_base))],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_driver_env(cluster))
-        victim, deadline = None, time.time() + 600
-        while victim is None and time.time() < deadline and run.poll() is None:
-            if server.stats["requests"] - before >= n // 4:   # a quarter answered: well inside generate
-                victim = next((w.name for w in cluster.workers if w.proc.poll() is None
-                               and descendants_titled([w.proc.pid], title)), None)
-            time.sleep(0.2)
-        assert victim, "no worker node hosted the API actors while generate ran"
-        cluster.kill_worker(victim)
-        killed_at = time.time()
-        out, err = run.communicate(timeout=900)
-        attempts = 1
-        if run.returncode != 0:  # what jobs/submit.py does: resubmit; the run resumes
-            attempts = 2
-            r = subprocess.run(run.args, cwd=REPO, capture_output=True, text=True, timeout=900,
-                               env=_driver_env(cluster))
-            assert r.returncode == 0, err[-3000:] + "\n---\n" + r.stderr[-3000:]
-        lost_s = time.time() - t0
-    got = _tables(root, "lost")
-    ids = [row["candidate_id"] for row in got["generate"]]
-    assert len(ids) == len(set(ids)) == n                      # 0 lost, 0 duplicated
-    assert got == expected
-    print(f"\nspot loss of node {victim!r} {killed_at - t0:.0f} s into the run (during generate): finished in "
-          f"{attempts} attempt(s), {lost_s:.0f} s vs {whole_s:.0f} s uninterrupted "
-          f"(recovery cost {lost_s - whole_s:.0f} s); {n} candidates, nodes left: "
-          f"{[w.name for w in cluster.workers if w.proc.poll() is None]}")
+        n, judged = len(expected["generate"]), judge.stats["requests"]
+        g0, j0 = gen.stats["requests"], judge.stats["requests"]
+        got = _run_losing_nodes(cluster, _api_run_config(cluster, root, "lost", gen.api_base, judge.api_base), [
+            (lambda: gen.stats["requests"] - g0 >= n // 4, "ray::MapWorker(MapBatches(ApiBatchCaller"),
+            (lambda: judge.stats["requests"] - j0 >= judged // 4, "ray::MapWorker(MapBatches(JudgeActor")])
+    after = _tables(root, "lost")
+    for stage in ("generate", "score"):
+        ids = [row["candidate_id"] for row in after[stage]]
+        assert len(ids) == len(set(ids)) == n, stage                       # 0 lost, 0 duplicated
+    assert after == expected
+    print(f"\nspot losses {got['lost']}: finished in {got['attempts']} attempt(s) "
+          f"(first attempt: {got['first_attempt_error']}), {got['seconds']:.0f} s vs "
+          f"{whole_s:.0f} s uninterrupted (recovery cost {got['seconds'] - whole_s:.0f} s); {n} candidates; "
+          f"nodes now {cluster.alive_workers()}")

@@ -266,6 +266,26 @@ class MultiNodeCluster(ClusterAddresses):
             pass
         node.proc.wait(10)
 
+    def replace_worker(self, name: str, timeout: float = 300) -> WorkerNode:
+        """A spot loss as an autoscaler sees it: the node is SIGKILLed, and a new node of the same
+        type (CPUs and resources) joins in its place under another name."""
+        old = next(w for w in self.workers if w.name == name)
+        self.kill_worker(name)
+        base = name.split("-r")[0]
+        new = f"{base}-r{sum(w.name.split('-r')[0] == base for w in self.workers)}"
+        resources = {k: v for k, v in old.resources.items() if not k.startswith("node:")}
+
+        def add():
+            self.workers = [w for w in self.workers if w.name != new]
+            self.add_worker(new, old.num_cpus, resources)
+
+        self._retry(add, lambda: (self.workdir / f"worker-{new}.log", next(w.proc for w in self.workers
+                                                                          if w.name == new)), timeout)
+        return next(w for w in self.workers if w.name == new)
+
+    def alive_workers(self) -> list[str]:
+        return [w.name for w in self.workers if w.proc is not None and w.proc.poll() is None]
+
     def stop(self) -> None:
         for w in self.workers:
             _stop_group(w.proc)
