@@ -9,6 +9,8 @@
     persodpo run      --run-id demo      (no --config: the embedded default, persodpo/data/demo.yaml)
     persodpo check    --config C         (whole-config checks, nothing runs)
     persodpo plan     [--config C]       (requests, tokens and cost per stage; nothing is sent)
+    persodpo run      --config C --dry-run   (the same plan, and nothing runs)
+    persodpo plan     --config C --pilot 200 (a real run on 200 prompts first: calibrated tokens, cost, time)
     persodpo check    --config C --cluster cluster/aws.yaml   (+ every resource request vs the node types)
     persodpo push     --input PAIRS --to hf:ORG/NAME [--dry-run]
 
@@ -73,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default=os.environ.get("PERSODPO_LOG_LEVEL", "INFO"))
         for flag, key, kw in flags:
             p.add_argument(flag, dest=f"flag_{key}", **kw)
+        if name in ("plan", "run"):  # not config keys: what to do with the config, not part of it
+            p.add_argument("--pilot", type=int, metavar="N", help="first run ingest, generate and score for real on "
+                           "N prompts (into ROOT/runs/RUN_ID-pilot; real requests) and calibrate reply tokens, cost "
+                           "and wall time from it" + ("" if name == "plan" else " (with --dry-run)"))
+        if name == "run":
+            p.add_argument("--dry-run", action="store_true", help="print what the run would send and cost "
+                           "(persodpo plan) and run nothing")
         if name == "check":  # not a config key: the cluster is not part of the run's configuration
             p.add_argument("--cluster", metavar="PATH", help="cluster definition to check the config against: a Ray "
                            "autoscaler YAML (cluster/aws.yaml) or a KubeRay RayCluster/RayJob manifest")
@@ -110,10 +119,14 @@ def _check(cfg, cluster_path: str | None = None) -> dict:
             **({"cluster": cluster.source} if cluster else {})}
 
 
-def _plan(cfg) -> dict:
+def _plan(cfg, pilot: int | None = None) -> dict:
     from persodpo.plan import plan_run, render
 
-    plans = plan_run(cfg)
+    if pilot is not None and pilot < 1:
+        from persodpo.errors import ConfigError
+
+        raise ConfigError(f"--pilot must be a number of prompts >= 1, not {pilot}")
+    plans = plan_run(cfg, pilot=pilot)
     print(render(plans), file=sys.stderr)
     for p in plans[:-1]:
         _emit(p)
@@ -180,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = importlib.import_module("persodpo.hub").push_command(args)
         elif args.command == "check":
             summary = _check(cfg, args.cluster)
-        elif args.command == "plan":
-            summary = _plan(cfg)
+        elif args.command == "plan" or (args.command == "run" and args.dry_run):
+            summary = {**({"dry_run": True} if args.command == "run" else {}), **_plan(cfg, args.pilot)}
+        elif args.command == "run" and args.pilot:
+            from persodpo.errors import ConfigError
+
+            raise ConfigError("--pilot calibrates a plan: use it with --dry-run (or persodpo plan)")
         elif args.command == "run":
             module = importlib.import_module("persodpo.pipeline")
             summary = module.run_pipeline(cfg)

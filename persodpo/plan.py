@@ -15,7 +15,16 @@ What is exact and what is a bound:
   audit sample are counted as the run counts them. Reply tokens are bounded by the generators'
   ``max_tokens``.
 - vLLM generators, model metrics and training: no throughput table is shipped, so GPU-hours and
-  wall time are null (a pilot run would measure them: not built yet).
+  wall time are null without a pilot.
+
+``--pilot N`` (:func:`run_pilot`) first runs ingest, generate and score for real on the first N
+prompts, into ``ROOT/runs/<run_id>-pilot`` (its own judge cache; the run's outputs are not
+touched), and calibrates the plan from it: completion tokens per request of each generator (so
+its cost, and the judges' prompt tokens, no longer assume ``max_tokens``), each API generator's
+mean latency and error share, and wall time: an API generator's from its latency, its actors x
+``max_in_flight`` and its rpm; a vLLM generator's and the score stage's by scaling the pilot's
+measured stage time to the run's requests (the pilot's start-up included: an over-estimate for
+a small pilot). A pilot sends real, paid requests: about N/prompts of the run's.
 """
 
 from __future__ import annotations
@@ -115,10 +124,59 @@ def _done_ids(cfg: PersoDPOConfig, prompts_lineage: str | None) -> set[str]:
     return ids
 
 
+def run_pilot(cfg: PersoDPOConfig, n: int) -> dict:
+    """Run ingest, generate and score on the first ``n`` prompts (``ROOT/runs/<run_id>-pilot``,
+    recomputed each time) and measure what the plan calibrates from."""
+    import pyarrow.compute as pc
+
+    from persodpo import storage as st
+    from persodpo.pipeline import run_dir, run_pipeline
+
+    c = cfg.model_copy(deep=True)
+    c.run.run_id = f"{cfg.run.run_id}-pilot"
+    c.run.stages = [s for s in ("ingest", "generate", "score") if s in cfg.run.stages]
+    c.generate.max_prompts = min(n, cfg.generate.max_prompts or n)
+    fs, path = st.resolve(run_dir(c), c.storage)
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)   # a measurement: never reused
+    log.info("pilot: ingest, generate and score on %d prompt(s) -> %s (real requests)", c.generate.max_prompts,
+             run_dir(c))
+    summary = run_pipeline(c)["stages"]
+    out: dict = {"prompts": c.generate.max_prompts, "generators": {}, "judges": {}, "run_dir": run_dir(c)}
+    if "generate" in summary:
+        g = summary["generate"]
+        out["generate_s"] = float(g.get("wall_time_s") or 0)
+        t = st.read_table(g["output"], c.storage)
+        for name in sorted(set(t.column("generator").to_pylist())):
+            rows = t.filter(pc.equal(t.column("generator"), name))
+            ok = rows.filter(pc.not_equal(rows.column("parse_status"), "error"))
+            lat = [x for x in rows.column("latency_s").to_pylist() if x is not None]
+            out["generators"][name] = {
+                "requests": rows.num_rows,
+                "completion_tokens_per_request": (pc.mean(ok.column("n_tokens")).as_py() or 0.0) if ok.num_rows else None,
+                "latency_s": sum(lat) / len(lat) if lat else None,
+                "error_share": round(1 - ok.num_rows / rows.num_rows, 4) if rows.num_rows else None,
+                "cost_usd": float(pc.sum(rows.column("cost_usd")).as_py() or 0.0)}
+    if "score" in summary:
+        sc = summary["score"]
+        out["score_s"] = float(sc.get("wall_time_s") or 0)
+        out["score_rows"] = int(sc.get("rows") or 0)
+        out["judges"] = {name: {k: j.get(k) for k in ("requests", "tokens", "cost_usd")}
+                         for name, j in (sc.get("judges") or {}).items()}
+    return out
+
+
+def _scaled(seconds: float | None, pilot_n: int, n: int) -> float | None:
+    return None if seconds is None or not pilot_n else round(seconds * n / pilot_n, 1)
+
+
 def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate",
-                  prompts_lineage: str | None = None) -> tuple[StagePlan, list[dict]]:
+                  prompts_lineage: str | None = None, pilot: dict | None = None) -> tuple[StagePlan, list[dict]]:
     """The generation requests; returns the plan and the planned candidates (id, generator, row,
-    reply token bound) for the judges' plan."""
+    reply token bound) for the judges' plan. With a ``pilot`` (:func:`run_pilot`), reply tokens,
+    cost and wall time are calibrated from it."""
     from persodpo.contracts import candidate_id
     from persodpo.generate.api_backend import endpoint
     from persodpo.llm_api import register_prices
@@ -129,13 +187,17 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
     prompts = _answered(cfg, rows, g.split, g.max_prompts) if stage == "generate" else rows
     plan = StagePlan(stage, rows=0)
     cands: list[dict] = []
+    walls: list[float | None] = []
     for gen in g.generators:
         template = g.template_of(gen)
         max_tokens = int(gen.sampling.max_tokens or max_new_tokens(template, g.word_limit))
+        measured = (pilot or {}).get("generators", {}).get(gen.name) if stage == "generate" else None
+        per_reply = measured.get("completion_tokens_per_request") if measured else None
+        reply_tokens = max_tokens if per_reply is None else min(max_tokens, max(1, round(per_reply)))
         n_req = n_in = 0
         for row in prompts:
             ids = [candidate_id(row["prompt_id"], gen.name, k) for k in range(gen.samples)]
-            cands += [{"candidate_id": c, "generator": gen.name, "row": row, "reply_tokens": max_tokens} for c in ids]
+            cands += [{"candidate_id": c, "generator": gen.name, "row": row, "reply_tokens": reply_tokens} for c in ids]
             todo = [c for c in ids if c not in done]
             if todo:
                 n_req += len(todo)
@@ -143,13 +205,17 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
         plan.rows += len(prompts) * gen.samples
         plan.requests += n_req
         plan.prompt_tokens += n_in
-        plan.completion_tokens += n_req * max_tokens
-        entry = {"backend": gen.backend, "requests": n_req, "prompt_tokens": n_in,
-                 "completion_tokens": n_req * max_tokens, "kept_from_an_interrupted_run": len(prompts) * gen.samples - n_req}
+        completion = round(n_req * (max_tokens if per_reply is None else per_reply))
+        plan.completion_tokens += completion
+        entry = {"backend": gen.backend, "requests": n_req, "prompt_tokens": n_in, "completion_tokens": completion,
+                 "kept_from_an_interrupted_run": len(prompts) * gen.samples - n_req}
+        if measured:
+            entry["pilot"] = measured
+        wall = None
         if gen.backend == "api":
             ep = endpoint(gen, template, g.word_limit, None)
             register_prices(ep)
-            cost = _cost(ep.model, n_in, n_req * max_tokens) if n_req else 0.0
+            cost = _cost(ep.model, n_in, completion) if n_req else 0.0
             entry["cost_usd"] = cost
             if cost is None:
                 plan.cost_usd = None
@@ -158,15 +224,34 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
                 plan.cost_usd += cost
             if ep.rpm:
                 entry["min_wall_s"] = round(n_req / (ep.rpm / 60.0), 1)
+            if measured and measured.get("latency_s") is not None:
+                # requests in flight at once: the actors' semaphores; and never faster than the rpm
+                wall = n_req * measured["latency_s"] / (ep.max_actors() * ep.max_in_flight)
+                wall = round(max(wall, entry.get("min_wall_s", 0.0)), 1)
         else:
             entry["cost_usd"] = 0.0
-            plan.unknown["gpu_hours"] = "vLLM generators: no throughput table or pilot yet"
+            if measured:
+                wall = _scaled(pilot.get("generate_s"), measured["requests"], n_req)
+                engines = gen.vllm_options().concurrency
+                engines = engines[1] if isinstance(engines, (tuple, list)) else engines
+                gpus = 0 if gen.vllm_options().device == "cpu" else engines * gen.vllm_options().tensor_parallel_size
+                entry["gpu_hours"] = None if wall is None else round(wall * gpus / 3600, 4)
+                plan.gpu_hours = (plan.gpu_hours or 0.0) + (entry["gpu_hours"] or 0.0)
+            else:
+                plan.unknown["gpu_hours"] = "vLLM generators: no throughput table (use --pilot N)"
+        entry["wall_s"] = wall
+        walls.append(wall if n_req else 0.0)
         plan.detail[gen.name] = entry
-    plan.unknown.setdefault("wall_s", "latency unknown before a pilot (min_wall_s per generator: its rpm)")
+    if walls and all(w is not None for w in walls):
+        plan.wall_s = max(walls)   # the generators run side by side (one union of Ray Data branches)
+    else:
+        plan.unknown.setdefault("wall_s", "latency unknown before a pilot (min_wall_s per generator: its rpm; "
+                                          "use --pilot N)")
     return plan, cands
 
 
-def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "score") -> StagePlan:
+def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "score",
+               pilot: dict | None = None) -> StagePlan:
     from persodpo.llm_api import register_prices
     from persodpo.score.judges import audit_sampled, judge_messages, load_rubric, request_params
 
@@ -204,20 +289,28 @@ def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "sco
             plan.cost_usd += cost
         plan.detail[j.name] = {"requests": n_req, "prompt_tokens": n_in, "completion_tokens": n_req * out_tokens,
                                "cost_usd": cost, **({"min_wall_s": round(n_req / (j.rpm / 60.0), 1)} if j.rpm else {})}
+    if pilot and stage == "score" and pilot.get("score_s") is not None:
+        # the pilot's stage time scaled by judge requests (or rows, without judges)
+        done = sum(j.get("requests") or 0 for j in pilot["judges"].values())
+        plan.wall_s = _scaled(pilot["score_s"], done, plan.requests) if done else \
+            _scaled(pilot["score_s"], pilot.get("score_rows", 0), len(cands))
     if any(m.model for m in cfg.score.metrics):
-        plan.unknown["gpu_hours"] = "model metrics: no throughput table or pilot yet"
-    plan.unknown.setdefault("wall_s", "latency unknown before a pilot")
+        plan.unknown["gpu_hours"] = "model metrics: no throughput table"
+    if plan.wall_s is None:
+        plan.unknown.setdefault("wall_s", "latency unknown before a pilot (use --pilot N)")
     plan.detail["note"] = ("judge requests for replies that all have text and a cold judge cache; the run skips "
                            "replies without text and cached judgments")
     return plan
 
 
-def plan_run(cfg: PersoDPOConfig) -> list[dict]:
-    """One dict per stage of ``run.stages`` and a last ``total``; nothing is sent."""
+def plan_run(cfg: PersoDPOConfig, pilot: int | None = None) -> list[dict]:
+    """One dict per stage of ``run.stages`` and a last ``total``; nothing is sent unless ``pilot``
+    (a number of prompts for :func:`run_pilot`) is given."""
     from persodpo.check import align_word_limits
     from persodpo.pipeline import wire
     from persodpo.score.heldout import evaluation_judges
 
+    measured = run_pilot(cfg, pilot) if pilot else None
     cfg = align_word_limits(wire(cfg))
     stages = list(cfg.run.stages)
     plans: list[StagePlan] = []
@@ -231,10 +324,10 @@ def plan_run(cfg: PersoDPOConfig) -> list[dict]:
             if stage == "ingest":
                 plans.append(StagePlan("ingest", rows=len(rows)))
             elif stage == "generate":
-                p, cands = plan_generate(cfg, rows, prompts_lineage=lineage)
+                p, cands = plan_generate(cfg, rows, prompts_lineage=lineage, pilot=measured)
                 plans.append(p)
             elif stage == "score":
-                plans.append(plan_score(cfg, cands, cfg.score.judges))
+                plans.append(plan_score(cfg, cands, cfg.score.judges, pilot=measured))
             elif stage == "pairs":
                 plans.append(StagePlan("pairs", rows=None, unknown={"rows": "depends on the scores"}))
             elif stage == "train":
@@ -266,17 +359,22 @@ def plan_run(cfg: PersoDPOConfig) -> list[dict]:
             a, b = getattr(total, k), getattr(p, k)
             setattr(total, k, None if a is None or b is None else a + b)
     total.unknown = {"gpu_hours": "see the stages", "wall_s": "see the stages"}
+    if measured:
+        total.detail["pilot"] = {k: measured[k] for k in ("prompts", "run_dir")}
+        known = [p.wall_s for p in plans if p.wall_s is not None]
+        total.detail["wall_s_of_the_stages_known"] = round(sum(known), 1) if known else None
     if total.cost_usd is None:
         total.unknown["cost_usd"] = "a stage's price is unknown"
     return [p.as_dict() for p in [*plans, total]]
 
 
 def render(plans: list[dict]) -> str:
-    head = f"{'stage':<10} {'rows':>8} {'requests':>9} {'prompt tok':>11} {'compl. tok':>11} {'cost USD':>10}"
+    head = (f"{'stage':<10} {'rows':>8} {'requests':>9} {'prompt tok':>11} {'compl. tok':>11} {'cost USD':>10} "
+            f"{'wall s':>9}")
     lines = [head, "-" * len(head)]
     for p in plans:
         cost = "?" if p["cost_usd"] is None else f"{p['cost_usd']:.4f}"
         rows = "?" if p["rows"] is None else str(p["rows"])
         lines.append(f"{p['stage']:<10} {rows:>8} {p['requests']:>9} {p['prompt_tokens'] or 0:>11} "
-                     f"{p['completion_tokens'] or 0:>11} {cost:>10}")
+                     f"{p['completion_tokens'] or 0:>11} {cost:>10} {'?' if p['wall_s'] is None else p['wall_s']:>9}")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ def _cli(*args):
 
 
 def test_the_plan_counts_the_requests_the_run_sends_and_bounds_its_cost(tmp_path):
-    with OpenAIServer(echo_json()) as gen, OpenAIServer(judge_responder) as judge:
+    with OpenAIServer(echo_json(), latency_s=0.1) as gen, OpenAIServer(judge_responder) as judge:
         cfg = yaml.safe_load((REPO / "jobs" / "configs" / "tiny.yaml").read_text())
         cfg["run"] = {"root": str(tmp_path / "root"), "run_id": "planned", "stages": ["ingest", "generate", "score"]}
         cfg["ray"] = {"num_cpus": 4, "progress_bars": False}
@@ -48,15 +48,42 @@ def test_the_plan_counts_the_requests_the_run_sends_and_bounds_its_cost(tmp_path
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(cfg))
 
-        lines = _cli("plan", "--config", str(path))
+        lines = _cli("run", "--dry-run", "--config", str(path))                # persodpo plan's, nothing run
         assert gen.stats["requests"] == judge.stats["requests"] == 0          # planning sends nothing
         plan = {p["stage"]: p for p in lines[:-1]}
         total = lines[-1]["total"]
+        assert lines[-1]["dry_run"] and lines[-1]["command"] == "run"
         assert not (tmp_path / "root" / "runs").exists()                       # and writes nothing there
 
+        # A pilot on 2 prompts (real requests, its own run folder) calibrates reply tokens and time.
+        piloted = _cli("plan", "--config", str(path), "--pilot", "2")
+        assert gen.stats["requests"] == 2 * 3                                  # 2 prompts x 3 samples
+        assert (tmp_path / "root" / "runs" / "planned-pilot" / "score" / "_SUCCESS").exists()
+        assert not (tmp_path / "root" / "runs" / "planned").exists()
+
+        g0, j0 = gen.stats["requests"], judge.stats["requests"]
         run = _cli("run", "--config", str(path))[-1]
         assert run["ok"], run
-        gen_sent, judge_sent = gen.stats["requests"], judge.stats["requests"]
+        gen_sent, judge_sent = gen.stats["requests"] - g0, judge.stats["requests"] - j0
+    calibrated = {p["stage"]: p for p in piloted[:-1]}
+    for stage in ("generate", "score"):                                        # counts stay exact
+        assert calibrated[stage]["requests"] == plan[stage]["requests"], stage
+    from persodpo import storage as st
+
+    replies = st.read_table(str(tmp_path / "root" / "runs" / "planned" / "generate"), columns=["n_tokens"])
+    measured = sum(replies.column("n_tokens").to_pylist())
+    # echo replies are far shorter than max_tokens: the bound is loose, the calibration close
+    assert measured < 0.8 * plan["generate"]["completion_tokens"]
+    assert abs(calibrated["generate"]["completion_tokens"] - measured) <= 0.25 * measured, (calibrated, measured)
+    assert calibrated["generate"]["cost_usd"] < plan["generate"]["cost_usd"]
+    pilot_a = calibrated["generate"]["detail"]["a"]["pilot"]
+    assert pilot_a["requests"] == 4 and pilot_a["error_share"] == 0 and pilot_a["latency_s"] >= 0.1
+    assert calibrated["generate"]["wall_s"] > 0 and calibrated["score"]["wall_s"] > 0
+    assert piloted[-1]["total"]["detail"]["pilot"]["prompts"] == 2
+    print(f"\nplan: completion tokens bound {plan['generate']['completion_tokens']}, after a 2-prompt pilot "
+          f"{calibrated['generate']['completion_tokens']}, the run's {measured}; cost bound "
+          f"{plan['generate']['cost_usd']:.6f}, piloted {calibrated['generate']['cost_usd']:.6f}, billed "
+          f"{run['stages']['generate']['cost_usd']:.6f} USD")
     assert plan["generate"]["requests"] == gen_sent
     assert plan["generate"]["detail"]["a"]["requests"] == 2 * plan["generate"]["detail"]["b"]["requests"]
     assert plan["score"]["requests"] == judge_sent
