@@ -89,7 +89,9 @@ def init_ray(cfg: "RaySection | None" = None, storage: "StorageSection | None" =
     ctx.enable_progress_bars = bool(cfg.progress_bars) if cfg else True
     # Ray Core restarts a running actor lost with its node, but not one lost while it starts (its
     # creation task failed); Ray Data then fails the run unless this budget allows a replacement.
-    ctx.max_consecutive_actor_init_deaths = cfg.actor_init_deaths if cfg else 3
+    from persodpo.config import RaySection
+
+    ctx.max_consecutive_actor_init_deaths = (cfg or RaySection()).actor_init_deaths
     return ray
 
 
