@@ -138,24 +138,65 @@ def _png(fig) -> bytes:
 
 
 def plot_metric_distributions(df: pd.DataFrame, metrics: list[str]) -> bytes:
+    """One panel per metric that has values: box plots for scores, bars with Wilson 95% intervals
+    for rates (0/1 metrics). Metrics without any value are left out (the report names them and
+    why), so no panel is empty."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from persodpo.evaluate.compare import is_rate, wilson_interval
+
+    metrics = [m for m in metrics if df[m].notna().any()]
     n = max(1, len(metrics))
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
     models = list(dict.fromkeys(df["model"]))
+    x = np.arange(1, len(models) + 1)
     for ax, m in zip(axes.flat, metrics):
         data = [df.loc[df["model"] == mod, m].dropna().to_numpy() for mod in models]
-        ax.boxplot([d if len(d) else [np.nan] for d in data], showmeans=True)
-        ax.set_xticks(range(1, len(models) + 1), [mod[:18] for mod in models], rotation=30, ha="right", fontsize=7)
-        ax.set_title(m, fontsize=9)
+        if is_rate(df[m]):
+            rates = np.array([d.mean() if len(d) else np.nan for d in data])
+            ci = np.array([wilson_interval(int(d.sum()), len(d)) for d in data])
+            ax.bar(x, rates, color="#7a9cc6")
+            ax.errorbar(x, rates, yerr=[rates - ci[:, 0], ci[:, 1] - rates], fmt="none", ecolor="black", capsize=3)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{m} (rate, 95% CI)", fontsize=9)
+        else:
+            ax.boxplot([d if len(d) else [np.nan] for d in data], showmeans=True)
+            ax.set_title(m, fontsize=9)
+        ax.set_xticks(x, [mod[:18] for mod in models], rotation=30, ha="right", fontsize=7)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    fig.suptitle("metric distributions per model")
+    fig.suptitle("metrics per model (held-out replies)", fontsize=10)
+    return _png(fig)
+
+
+def plot_paired_differences(paired: pd.DataFrame) -> bytes | None:
+    """Each model's mean per-prompt difference to the base model, per metric, with its bootstrap
+    95% interval (a forest plot: an interval that crosses 0 is no evidence either way)."""
+    if paired.empty or paired["diff"].notna().sum() == 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = paired.dropna(subset=["diff"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.38 * len(p)), layout="constrained")
+    y = np.arange(len(p))[::-1]
+    lo = (p["diff"] - p["ci_low"]).fillna(0).to_numpy()
+    hi = (p["ci_high"] - p["diff"]).fillna(0).to_numpy()
+    colors = ["#2b7a3d" if s and d > 0 else "#b03a2e" if s else "#555555"
+              for s, d in zip(p["significant"], p["diff"])]
+    for yi, d, a, b, c in zip(y, p["diff"], lo, hi, colors):
+        ax.errorbar([d], [yi], xerr=[[a], [b]], fmt="o", color=c, ecolor=c, capsize=3)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(y, [f"{r.metric} ({r.model})" for r in p.itertuples()], fontsize=8)
+    ax.set_xlabel(f"mean per-prompt difference to {p['baseline'].iloc[0]} (bootstrap 95% CI)")
+    ax.set_title("trained vs base, paired by prompt", fontsize=10)
     return _png(fig)
 
 
@@ -165,7 +206,7 @@ def plot_length_histograms(df: pd.DataFrame) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     usable = df[df["usable"]]
     hi = max(10, int(usable["words"].max()) if len(usable) else 10)
     bins = np.linspace(0, hi, 30)
@@ -190,11 +231,11 @@ def plot_training_curves(history: Iterable[dict]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False, layout="constrained")
     for ax, k in zip(axes.flat, keys):
         d = h[["step", k]].dropna()
         ax.plot(d["step"], d[k], marker=".")
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step")
-    fig.suptitle("DPO training")
+    fig.suptitle("DPO training", fontsize=10)
     return _png(fig)

@@ -161,43 +161,92 @@ def _pairs_card(cfg: PersoDPOConfig) -> dict | None:
 
 def render_report(df: pd.DataFrame, metrics: list[str], *, models: list[str], history: list[dict],
                   pairs_stats: dict | None, n_prompts: int, split: str | None, buckets: int,
-                  warnings: list[str] | None = None) -> tuple[str, dict]:
-    """report.md text and {file name: PNG bytes}."""
-    table = report.model_table(df, metrics)
-    per_bucket, lc = report.length_controlled(df, metrics, buckets)
-    corr = report.length_correlation(df, metrics)
-    files = {"metrics_by_model.png": report.plot_metric_distributions(df, metrics),
+                  warnings: list[str] | None = None, scores: pd.DataFrame | None = None,
+                  prompts: pd.DataFrame | None = None, baseline: str | None = None,
+                  trained: str | None = None) -> tuple[str, str, dict]:
+    """(report.md text, report.html text, {file name: PNG bytes}).
+
+    ``scores`` (the scored table, for the reasons a metric has no value), ``prompts`` (persona and
+    turns for the side-by-side view), ``baseline`` / ``trained`` (the models compared pairwise)."""
+    from persodpo.evaluate import compare
+    from persodpo.evaluate.html import report_page
+
+    warnings = list(warnings or [])
+    missing = compare.unavailable(scores, scores["generator"], metrics) if scores is not None else []
+    # A metric without any value for a model is a line with its reason, not a column of dashes.
+    empty = {m for m in metrics if df[m].isna().all()}
+    shown = [m for m in metrics if m not in empty]
+    rate_metrics = [m for m in shown if compare.is_rate(df[m])]
+    score_metrics = [m for m in shown if m not in rate_metrics]
+    table = report.model_table(df, shown)
+    per_bucket, lc = report.length_controlled(df, shown, buckets)
+    corr = report.length_correlation(df, shown)
+    paired = pd.DataFrame()
+    if baseline in models:
+        paired = compare.paired_differences(df, shown, baseline, buckets=report.length_buckets(df, buckets))
+    rates = compare.rate_table(df, rate_metrics)
+    files = {"metrics_by_model.png": report.plot_metric_distributions(df, shown),
              "length_by_model.png": report.plot_length_histograms(df)}
+    forest = report.plot_paired_differences(paired)
+    if forest:
+        files["paired_differences.png"] = forest
     curves = report.plot_training_curves(history)
     if curves:
         files["training_curves.png"] = curves
+    na_lines = compare.unavailable_lines(missing)
     lines = [f"# persodpo evaluation", "",
              f"{n_prompts} held-out prompts (split: {split or 'all'}); models: {', '.join(models)}.", "",
-             *[f"> **Warning:** {w}\n" for w in warnings or []],
-             "## Scores per model", "",
-             "Error ratio = requests that failed (no reply); format failure ratio = replies that came back but did not "
-             "follow the requested format; words = mean words of usable replies.",
-             "", report.markdown_table(table, ["model", "n", "error_ratio", "format_failure_ratio", "unusable_ratio",
-                                               "mean_words", *metrics]),
-             "", "## Length-controlled scores", "",
-             f"Each model's mean over {int(lc['buckets_used'].iloc[0]) if len(lc) else 0} word-count buckets shared by "
-             "all models, every bucket weighted equally: shorter replies cannot pass for better ones.", "",
-             report.markdown_table(lc, ["model", *metrics]) if len(lc) else "(no usable replies)", "",
-             "Per bucket:", "", report.markdown_table(per_bucket, ["model", "bucket", "n", *metrics]), "",
-             "## Correlation of each metric with reply length (Spearman, all usable replies)", "",
-             "| metric | rho |", "|---|---|", *[f"| {m} | {report._fmt(v)} |" for m, v in corr.items()], "",
-             "## Plots", "", "![metrics](metrics_by_model.png)", "", "![length](length_by_model.png)", ""]
+             *[f"> **Warning:** {w}\n" for w in warnings]]
+    if len(paired):
+        p = paired.assign(ci95=[f"[{report._fmt(a)}, {report._fmt(b)}]" for a, b in zip(paired["ci_low"], paired["ci_high"])],
+                          win_tie_loss=[f"{w:.2f} / {t:.2f} / {lo:.2f}" for w, t, lo in
+                                        zip(paired["win"], paired["tie"], paired["loss"])])
+        lines += ["## Trained vs base, paired by prompt", "",
+                  f"Mean per-prompt difference to `{baseline}` with a bootstrap 95% interval (prompts resampled), the "
+                  "share of prompts won / tied / lost, and the difference over length-matched prompts (both replies "
+                  "in the same length bucket).", "",
+                  report.markdown_table(p, ["model", "metric", "n_prompts", "mean_baseline", "mean_model", "diff",
+                                            "ci95", "win_tie_loss", "n_length_matched", "diff_length_matched"]), ""]
+        if forest:
+            lines += ["![paired differences](paired_differences.png)", ""]
+    if na_lines:
+        lines += ["## Not measured", "", *[f"- {line}" for line in na_lines], ""]
+    if len(rates):
+        r = rates.assign(rate_ci95=[f"{report._fmt(v)} [{report._fmt(a)}, {report._fmt(b)}]"
+                                    for v, a, b in zip(rates["rate"], rates["ci_low"], rates["ci_high"])])
+        lines += ["## Rates (pass/fail metrics, Wilson 95% interval)", "",
+                  report.markdown_table(r, ["model", "metric", "successes", "n", "rate_ci95"]), ""]
+    lines += ["## Scores per model", "",
+              "Error ratio = requests that failed (no reply); format failure ratio = replies that came back but did not "
+              "follow the requested format; words = mean words of usable replies.",
+              "", report.markdown_table(table, ["model", "n", "error_ratio", "format_failure_ratio", "unusable_ratio",
+                                                "mean_words", *shown]),
+              "", "## Length-controlled scores", "",
+              f"Each model's mean over {int(lc['buckets_used'].iloc[0]) if len(lc) else 0} word-count buckets shared by "
+              "all models, every bucket weighted equally: shorter replies cannot pass for better ones.", "",
+              report.markdown_table(lc, ["model", *shown]) if len(lc) else "(no usable replies)", "",
+              "Per bucket:", "", report.markdown_table(per_bucket, ["model", "bucket", "n", *shown]), "",
+              "## Correlation of each metric with reply length (Spearman, all usable replies)", "",
+              "| metric | rho |", "|---|---|", *[f"| {m} | {report._fmt(v)} |" for m, v in corr.items()], "",
+              "## Plots", "", "![metrics](metrics_by_model.png)", "", "![length](length_by_model.png)", ""]
+    training_line = None
     if curves:
         last = history[-1] if history else {}
-        lines += ["## Training", "", f"{len(history)} logged steps; last: " +
-                  ", ".join(f"{k} {report._fmt(float(v))}" for k, v in last.items()
-                            if isinstance(v, (int, float)) and k != "step"), "",
-                  "![training](training_curves.png)", ""]
+        training_line = f"{len(history)} logged steps; last: " + ", ".join(
+            f"{k} {report._fmt(float(v))}" for k, v in last.items() if isinstance(v, (int, float)) and k != "step")
+        lines += ["## Training", "", training_line, "", "![training](training_curves.png)", ""]
     if pairs_stats:
         lines += ["## Training pairs (data card)", "", "```json",
                   json.dumps({k: pairs_stats[k] for k in list(pairs_stats)[:12]}, indent=1, default=str)[:4000],
                   "```", "", "Full card: the pairs stage output's `data_card.md`.", ""]
-    return "\n".join(lines), files
+    page = report_page(
+        title="persodpo evaluation", lead=f"{n_prompts} held-out prompts (split: {split or 'all'}); models: "
+                                          f"{', '.join(models)}.",
+        warnings=warnings, paired=paired, rates=rates, unavailable=na_lines, model_table=table,
+        score_columns=score_metrics, length_controlled=lc, per_bucket=per_bucket, correlation=corr, plots=files,
+        df=df, prompts=prompts if prompts is not None else pd.DataFrame(), metrics=shown, baseline=baseline,
+        trained=trained, training_summary=training_line)
+    return "\n".join(lines), page, files
 
 
 def run_stage(cfg: PersoDPOConfig) -> dict:
@@ -244,15 +293,20 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     metrics = report.metric_columns(scores_df)
     df = report.join(cands_df, scores_df)
     model_names = list(dict.fromkeys(df["model"]))
-    md, files = render_report(df, metrics, models=model_names, history=_training_history(cfg),
-                              pairs_stats=_pairs_card(cfg), n_prompts=prompts.num_rows, split=e.split,
-                              buckets=e.length_buckets, warnings=[warning] if warning else [])
+    names = [n for n, _ in models]
+    md, page, files = render_report(
+        df, metrics, models=model_names, history=_training_history(cfg), pairs_stats=_pairs_card(cfg),
+        n_prompts=prompts.num_rows, split=e.split, buckets=e.length_buckets, warnings=[warning] if warning else [],
+        scores=scores_df, prompts=prompts.select(["prompt_id", "persona", "history", "gold"]).to_pandas(),
+        baseline=e.base_name if e.include_base else None,
+        trained=e.trained_name if e.input and e.trained_name in names else None)
     table = report.model_table(df, metrics)
     _, lc = report.length_controlled(df, metrics, e.length_buckets)
 
     out.write_table(pa.Table.from_pandas(table, preserve_index=False), "model_table.parquet")
     out.write_table(pa.Table.from_pandas(lc, preserve_index=False), "length_controlled.parquet")
     out.write_file("report.md", md)
+    out.write_file("report.html", page)
     for name, data in files.items():
         out.write_file(name, data)
     summary_models = {r["model"]: {"n": int(r["n"]), "error_ratio": round(float(r["error_ratio"]), 4),
@@ -266,6 +320,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     out.commit(stage_manifest(cfg, "evaluate", rows=int(len(df)), models=summary_models, metrics=metrics,
                               model_digests=digests, cost_usd=cost))
     return {"stage": "evaluate", "output": e.output, "report": st.join(e.output, "report.md"),
+            "report_html": st.join(e.output, "report.html"),
             "n_prompts": prompts.num_rows, "models": summary_models, "metrics": metrics, "model_digests": digests,
             "warnings": [warning] if warning else [],
             "cost_usd": round(cost, 6), "wall_time_s": round(time.time() - t0, 2)}

@@ -141,6 +141,8 @@ class PairsConfig(Section):
     format_threshold: float = 0.5
     rows_per_part: int = Field(50_000, ge=1)
     plots: bool = True
+    html_max_pairs: int = Field(2000, ge=0, description="pairs.html (a pairs browser beside the data card) embeds at "
+                                                        "most this many pairs, a deterministic sample; 0: no page")
     paper_length_prior: LengthPriorConfig = Field(default_factory=LengthPriorConfig)
     paper_perso: PersoConfig = Field(default_factory=PersoConfig)
     simple: SimpleConfig = Field(default_factory=SimpleConfig)

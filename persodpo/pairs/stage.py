@@ -106,7 +106,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     inputs = build_pool(candidates, scores, metric_columns=metrics,
                         format_column=c.format_column if recipe.uses_format_signal else None,
                         candidates_uri=c.candidates, scores_uri=c.input, needs_raw=needs_raw)
-    del scores, candidates
+    del candidates   # the scores stay for pairs.html: every score of the candidates it shows
     pool = inputs.pool
     if recipe.uses_format_signal:
         log.info("format signal: %s", inputs.format_source)
@@ -123,7 +123,6 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     builder = PairsBuilder(pool, result.selection, prompts, recipe=recipe.name, template=template,
                            response_format=get_template(template).response_format, word_limit=c.word_limit,
                            prompts_uri=c.prompts)
-    del prompts
     lap("prompts_and_ids")
     families = getattr(rc, "generator_families", None)
     stats, pair_frame = card_stats(pool, builder.sel, recipe=recipe.name, recipe_stats=result.stats,
@@ -139,12 +138,18 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     for i, table in enumerate(builder.chunks(c.rows_per_part)):
         out.write_table(table, f"train-{i:05d}.parquet", part_dir=DATA_DIR)
     lap("write_pairs")
-    images = []
-    if c.plots:
-        for name, png in plots(pair_frame, result.scores, stats).items():
-            out.write_file(name, png)
-            images.append(name)
+    pngs = plots(pair_frame, result.scores, stats) if c.plots else {}
+    for name, png in pngs.items():
+        out.write_file(name, png)
+    images = list(pngs)
     lap("plots")
+    if c.html_max_pairs:
+        from persodpo.pairs.browser import browser_data, pairs_page
+
+        data = browser_data(pool, builder, result.scores, scores, prompts, max_pairs=c.html_max_pairs)
+        out.write_file("pairs.html", pairs_page(stats, data, pngs))
+    del scores, prompts
+    lap("html")
     stats["timings_s"] = dict(timings)
     versions = {"code_version": st.code_version(), "packages": st.package_versions()}
     inputs_uris = {"scores": c.input, "candidates": c.candidates, "prompts": c.prompts}

@@ -25,6 +25,8 @@ from persodpo.parsing import VALID, parse_response
 from persodpo.score.metric import Cols, DeterministicMetric, Result
 
 FORMAT_PARTS = ("format_parse_ok", "format_single", "format_no_role_prefix", "format_not_truncated")
+# Columns that are a pass (1.0) or a fail (0.0): reports show them as rates.
+PASS_FAIL_COLUMNS = ("format_ok", *FORMAT_PARTS, "length_ok")
 # Speaker labels models prepend or continue with (the authors' context used User1/User2).
 ROLE_PREFIX = re.compile(r"^\s*(?:User\s*\d|Assistant|AI|Bot|Machine|System|Human|"
                          r"(?:Unannotated\s+|Personalized\s+)?Response)\s*:", re.I)

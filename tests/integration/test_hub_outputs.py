@@ -115,7 +115,7 @@ def test_dry_run_lists_what_upload_folder_would_send(pairs_dir, capsys, monkeypa
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["repo_id"] == "my-org/persona.pairs_v1" and summary["repo_type"] == "dataset"
     manifest = st.read_manifest(str(pairs_dir))
-    expected = sorted({"README.md", "data_card.md", "stats.json", "_manifest.json", *manifest["parts"]})
+    expected = sorted({"README.md", "data_card.md", "pairs.html", "stats.json", "_manifest.json", *manifest["parts"]})
     assert summary["files"] == expected and summary["n_files"] == len(expected)
     assert summary["bytes"] == sum(os.path.getsize(pairs_dir / f) for f in expected)
 

@@ -31,7 +31,7 @@ def test_inputs_and_output_on_s3(s3_env):
     assert summary["output"] == out and summary["n_pairs"] > 0
     assert st.read_table(out).num_rows == summary["n_pairs"]
     keys = {o["Key"] for o in s3_env["server"].client().list_objects_v2(Bucket=bucket, Prefix="run/pairs/")["Contents"]}
-    for name in ("_SUCCESS", "_manifest.json", "README.md", "data_card.md", "stats.json", "margins.png",
+    for name in ("_SUCCESS", "_manifest.json", "README.md", "data_card.md", "pairs.html", "stats.json", "margins.png",
                  "data/train-00000.parquet"):
         assert f"run/pairs/{name}" in keys
     card = s3_env["server"].client().get_object(Bucket=bucket, Key="run/pairs/data_card.md")["Body"].read().decode()

@@ -118,6 +118,10 @@ def test_a_run_killed_in_three_stages_ends_with_the_tables_of_an_uninterrupted_r
     assert trained["resumed_from_step"] == 2 and ref_trained["resumed_from_step"] is None
 
     ref_run = ref_root / "runs" / "tiny"
+    # The browsable pages beside the markdown (their content: tests/integration/test_html_pages.py).
+    page = (run / "evaluate" / "report.html").read_text()
+    assert "Is the trained model better?" in page and "data:image/png;base64," in page
+    assert (run / "pairs" / "pairs.html").read_text().count('"pair_id"') == _table(run, "pairs").num_rows
     for name, key in TABLES.items():
         got, want = _table(run, name), _table(ref_run, name)
         ids = got.column(key).to_pylist()
