@@ -8,6 +8,8 @@ random model. Production configs name hub models; tests and the offline demo use
                                      tokenizer trained locally and a ChatML chat template
     tiny:bert-nli                    a random BERT 3-way NLI classifier (entailment/neutral/
                                      contradiction) with a locally trained WordPiece tokenizer
+    tiny:llama-reward                a random LlamaForSequenceClassification with one output (a
+                                     reward model's shape) and the tiny models' ChatML tokenizer
     anything else                    a local directory (must hold config.json) or a hub id
 
 Converted and tiny models are cached under ``$PERSODPO_CACHE_DIR`` (default
@@ -160,6 +162,18 @@ def _build_tiny_causal(arch: str, out: Path, seed: int = 0) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
 
 
+def _build_tiny_llama_reward(out: Path, seed: int = 0) -> None:
+    import torch
+    from transformers import AutoConfig, LlamaForSequenceClassification
+
+    tok = train_chat_tokenizer(out)
+    spec = dict(_TINY_CAUSAL["llama"])
+    cfg = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_labels=1, **spec)
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(cfg).save_pretrained(str(out), safe_serialization=True)
+
+
 def _build_tiny_bert_nli(out: Path, seed: int = 0) -> None:
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
@@ -300,9 +314,11 @@ def resolve_model(source: str) -> str:
         arch = source[len("tiny:"):]
         if arch == "bert-nli":
             return _build_once(cache_dir() / "models" / "tiny-bert-nli", _build_tiny_bert_nli)
+        if arch == "llama-reward":
+            return _build_once(cache_dir() / "models" / "tiny-llama-reward", _build_tiny_llama_reward)
         if arch not in _TINY_CAUSAL:
             raise ValueError(f"unknown tiny model {source!r}; known: "
-                             f"{sorted('tiny:' + a for a in [*_TINY_CAUSAL, 'bert-nli'])}")
+                             f"{sorted('tiny:' + a for a in [*_TINY_CAUSAL, 'bert-nli', 'llama-reward'])}")
         return _build_once(cache_dir() / "models" / f"tiny-{arch}", lambda out: _build_tiny_causal(arch, out))
     if source.startswith("packaged:"):
         raise ValueError(f"unknown packaged model {source!r}; known: {[SMOLLM2, MINILM]}")

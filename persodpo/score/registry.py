@@ -14,6 +14,7 @@ from persodpo.score.embeddings import PersonaSimilarity
 from persodpo.score.lexical import PersonaCoverage, ReferenceMetrics
 from persodpo.score.metric import DETERMINISTIC, MODEL, Metric
 from persodpo.score.nli import CoherenceNli, CScore
+from persodpo.score.reward import RewardModelScore
 from persodpo.score.unieval import CoherenceUniEval
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, type[Metric]] = {m.name: m for m in (
     FormatCompliance, LengthCompliance, PersonaCoverage, ReferenceMetrics,
-    CScore, CoherenceNli, PersonaSimilarity, CoherenceUniEval,
+    CScore, CoherenceNli, PersonaSimilarity, CoherenceUniEval, RewardModelScore,
 )}
 
 # Model family -> "module:function" that loads it (called once per actor).
@@ -29,6 +30,7 @@ LOADERS = {
     "nli": "persodpo.score.nli:load_nli",
     "embedding": "persodpo.score.embeddings:load_embedder",
     "seq2seq_yes_no": "persodpo.score.unieval:load_unieval",
+    "reward": "persodpo.score.reward:load_reward_model",
 }
 
 

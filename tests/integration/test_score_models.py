@@ -169,3 +169,40 @@ def test_a_classifier_without_nli_labels_is_a_config_error(tmp_path):
                                              intermediate_size=32, num_labels=3)).save_pretrained(str(tmp_path))
     with pytest.raises(ConfigError, match="do not name"):
         load_family("nli", str(tmp_path))
+
+
+def test_reward_model_scores_the_chat_template_like_a_direct_forward_pass():
+    """A tiny random LlamaForSequenceClassification (one output, built locally): the metric's
+    batched, length-sorted, padded scores equal a forward pass of each conversation alone,
+    formatted with the model's own chat template."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model("tiny:llama-reward")
+    model = load_family("reward", "tiny:llama-reward")
+    replies = ["It is 330 metres tall.", "Paris is lovely in spring, and your dogs would love the walks there.",
+               "No idea.", "The tower was built for the 1889 World's Fair; it is about 330 m tall with its antennas."]
+    rows = [{"text": t, "history": HISTORY, "persona": PERSONA} for t in replies]
+    rows += [{"text": None, "history": HISTORY, "persona": PERSONA}, {"text": "Hi", "history": [], "persona": PERSONA}]
+    r = _metric("reward_model", "tiny:llama-reward").compute(_cols(rows), model)
+    got = r.columns["reward_model"]
+    assert got[4:] == [None, None] and r.errors[4:] == ["no usable text", "the prompt has no dialogue history"]
+
+    tok = AutoTokenizer.from_pretrained(path)
+    ref = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    for reply, value in zip(replies, got[:4]):
+        chat = [*HISTORY, {"role": "assistant", "content": reply}]
+        ids = tok(tok.apply_chat_template(chat, tokenize=False), add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            want = ref(**ids).logits[0, 0].item()
+        assert value == pytest.approx(want, abs=1e-5)
+    assert len(set(round(v, 6) for v in got[:4])) == 4      # the replies are told apart
+    # With the persona as a system message the model sees another chat: other rewards.
+    with_persona = _metric("reward_model", "tiny:llama-reward", include_persona=True).compute(_cols(rows[:1]), model)
+    assert with_persona.columns["reward_model"][0] != pytest.approx(got[0], abs=1e-6)
+    # A conversation longer than max_length keeps its latest tokens (the reply), not its first.
+    short = load_family("reward", "tiny:llama-reward", max_length=24)
+    chat = [*HISTORY * 10, {"role": "assistant", "content": replies[0]}]
+    assert short.encode(chat) == model.encode(chat)[-24:]
+    with pytest.raises(Exception, match="output_index 3, but the model has 1 output"):
+        _metric("reward_model", "tiny:llama-reward", output_index=3).compute(_cols(rows[:1]), model)

@@ -18,7 +18,8 @@ from tests.support.openai_server import OpenAIServer
 from tests.support.score_data import make_candidates, write_output
 
 MODEL_METRICS = [{"name": "c_score", "model": "tiny:bert-nli"}, {"name": "coherence_nli", "model": "tiny:bert-nli"},
-                 {"name": "persona_similarity", "model": "packaged:all-minilm-l6-v2"}]
+                 {"name": "persona_similarity", "model": "packaged:all-minilm-l6-v2"},
+                 {"name": "reward_model", "model": "tiny:llama-reward"}]
 DET = ["format", "length", "persona_coverage", "reference"]
 
 
@@ -87,12 +88,14 @@ def test_every_family_and_a_judge_panel(ray_local, sample, tmp_path, monkeypatch
         errs = json.loads(r["score_errors"])
         assert r["format_ok"] is None and "request failed" in errs["format_ok"]
         assert r["c_score"] is None and errs["c_score"] == "no usable text"
+        assert r["reward_model"] is None and errs["reward_model"] == "no usable text"
         assert r["judge_coherence"] is None and r["judge_coherence_n"] == 0.0
     for r in table.to_pylist():
         if r["generator"] != "failed":
             assert r["c_score"] == int(r["c_score"]) and -5 <= r["c_score"] <= 5
             assert -1.0 <= r["coherence_nli"] <= 1.0 and -1.0 <= r["persona_similarity"] <= 1.0
             assert 0.0 <= r["persona_coverage"] <= 1.0
+            assert isinstance(r["reward_model"], float)   # its own actor pool, like every model family
         errs = json.loads(r["score_errors"]) if r["score_errors"] else {}
         for c in summary["columns"]:   # every null has a reason, every reason a null
             assert (r[c] is None) == (c in errs), (c, r)
