@@ -10,6 +10,8 @@ hashes, so a uniform sample that a rerun reproduces) and says so.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -95,9 +97,14 @@ def _score_columns(scores: pa.Table) -> list[str]:
 
 
 def _truncate(text):
-    if text is None:
+    # A failed candidate has no text: null in Arrow, NaN once pandas holds the column.
+    if not isinstance(text, str):
         return None
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f" … ({len(text) - MAX_TEXT} more characters)"
+
+
+def _count(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else int(x)
 
 
 def sample_positions(pair_ids: np.ndarray, max_pairs: int) -> np.ndarray:
@@ -130,7 +137,7 @@ def browser_data(pool: pd.DataFrame, builder, recipe_score: pd.Series, scores: p
         cid = cids[i]
         s = by_cid.get(cid, {})
         candidates[cid] = {"generator": pool["generator"].iat[i], "text": _truncate(pool["text"].iat[i]),
-                           "words": int(pool["words"].iat[i]), "parse_status": pool["parse_status"].iat[i],
+                           "words": _count(pool["words"].iat[i]), "parse_status": pool["parse_status"].iat[i],
                            "recipe_score": rs[i],
                            "roles": sorted(set(roles.get(cid, [])), key=["chosen", "rejected"].index),
                            "scores": {k: (float(v) if v is not None else None) for k, v in s.items()
