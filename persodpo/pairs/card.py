@@ -234,6 +234,12 @@ def markdown(stats: dict, *, config: dict, versions: dict, inputs: dict, images:
     if rs.get("thresholds"):
         parts += ["", "## Thresholds", "", _table([(k, f"{v:.6f}") for k, v in rs["thresholds"].items()],
                                                    ("percentile of the score over the pool", "value"))]
+    if rs.get("pairwise_verification"):
+        v = rs["pairwise_verification"]
+        parts += ["", "## Pairwise verification", "",
+                  f"{v['checked']} content pairs checked against the pairwise judgments (both orders); {v['kept']} "
+                  f"kept, {v['dropped_total']} dropped:", "",
+                  _table([(k, n) for k, n in v["dropped"].items()], ("reason", "pairs dropped"))]
     if "json_bonus_fired" in rs:
         parts += ["", f"JSON bonus: fired for {rs['json_bonus_fired']} of {rs.get('n_pool')} outputs "
                       f"({rs.get('json_bonus_texts_with_response_key')} extracted texts contain `\"response\"` at all). "

@@ -117,6 +117,9 @@ class PersoDPORecipeConfig(Section):
     generator_families: dict[str, str] = Field(
         default_factory=dict, description="generator -> family; default: the generator name's leading letters")
     seed: int = 0
+    verify: Literal["none", "pairwise"] = Field(
+        "none", description="pairwise: keep a content pair only when its chosen reply won both orders of every "
+                            "pairwise judgment of the pair (score.panel.pairwise); the data card counts the dropped")
 
     @field_validator("weights")
     @classmethod
@@ -126,6 +129,8 @@ class PersoDPORecipeConfig(Section):
 
 class PairsConfig(Section):
     input: str | None = Field(None, description="the scores table URI")
+    pairwise: str | None = Field(None, description="pairwise verdicts for pairs.persodpo.verify (default: "
+                                                   "<input>/pairwise, what score.panel.pairwise writes)")
     candidates: str | None = None
     prompts: str | None = None
     output: str | None = None

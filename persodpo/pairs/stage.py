@@ -118,6 +118,16 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         pool = pool[keep].reset_index(drop=True)
     lap("build_pool")
     result = recipe.run(pool, rc, c)
+    if getattr(rc, "verify", "none") == "pairwise":
+        from persodpo.pairs.verify import verify_pairwise
+
+        uri = c.pairwise or st.join(c.input, "pairwise")
+        if not st.is_complete(uri, cfg.storage):
+            raise ConfigError(f"no pairwise verdicts at {uri}: score with score.panel.pairwise: true (or set "
+                              "pairs.pairwise)", key=f"pairs.{recipe.section}.verify")
+        result.selection, result.stats["pairwise_verification"] = verify_pairwise(
+            pool, result.selection, st.read_table(uri, cfg.storage))
+        log.info("pairs: pairwise verification %s", result.stats["pairwise_verification"])
     lap("recipe")
     prompts = read_columns(c.prompts, cfg.storage, required=("prompt_id", "persona", "history"), optional=("knowledge",))
     builder = PairsBuilder(pool, result.selection, prompts, recipe=recipe.name, template=template,

@@ -96,6 +96,15 @@ class PanelConfig(Section):
     cost_safety_factor: float = Field(1.25, ge=1.0, description="prompt-token estimate margin for budget reservations")
     cache: str | None = Field("auto", description="judge cache URI (local or s3://); 'auto' = <output>.judge-cache; "
                                                   "null = no cache")
+    pairwise: bool = Field(False, description="also judge pairs of replies of each prompt, each pair in both orders "
+                                              "(A/B and B/A); a verdict counts only when the orders agree "
+                                              "(persodpo.score.pairwise; table <output>/pairwise)")
+    pairwise_max_per_prompt: int = Field(10, ge=1, description="pairs judged per prompt, best-first by the pointwise "
+                                                               "panel when there is one")
+    pairwise_rubrics: dict[str, str] = Field(
+        default_factory=lambda: {"coherence": "judge-pairwise-coherence-v1",
+                                 "personalization": "judge-pairwise-personalization-v1"},
+        description="dimension -> pairwise rubric ($reply_a, $reply_b; answer {\"winner\": \"A\"|\"B\"|\"tie\"})")
 
     @model_validator(mode="after")
     def _rubric_per_dimension(self) -> "PanelConfig":
@@ -105,6 +114,10 @@ class PanelConfig(Section):
         bad = [d for d in self.dimensions if not _SLUG.match(d)]
         if bad:
             raise ValueError(f"dimension names {bad} must match {_SLUG.pattern}")
+        missing = [d for d in self.dimensions if self.pairwise and d not in self.pairwise_rubrics]
+        if missing:
+            raise ValueError(f"pairwise: no pairwise rubric for dimension(s) {missing}; set "
+                             "panel.pairwise_rubrics.<dimension>")
         if self.scale[0] >= self.scale[1]:
             raise ValueError(f"scale {self.scale}: low must be below high")
         return self

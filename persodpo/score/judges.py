@@ -212,7 +212,7 @@ class JudgeActor:
         n_out = int(self.params.get("max_tokens") or self.params.get("max_completion_tokens") or 1024)
         return worst_case_cost(self.judge.model, messages, n_out, self.panel.cost_safety_factor)
 
-    async def _ask(self, messages: list[dict], key: str) -> Judgment:
+    async def _ask(self, messages: list[dict], key: str, parse=None) -> Judgment:
         if key in self.memo:
             e = self.memo[key]
             reason = None if e["score"] is not None else f"cached: {e['error']}"
@@ -234,7 +234,7 @@ class JudgeActor:
         if res.error is not None:
             return Judgment(None, REQUEST_ERROR, res.error)
         tokens = int(res.prompt_tokens or 0) + int(res.completion_tokens or 0)
-        score, status, reason = parse_judgment(res.text, self.scale)
+        score, status, reason = parse(res.text) if parse else parse_judgment(res.text, self.scale)
         entry = {"key": key, "score": score, "error": reason, "status": status, "prompt_tokens": res.prompt_tokens,
                  "completion_tokens": res.completion_tokens, "cost_usd": res.cost_usd, "created_at": time.time()}
         self.memo[key] = entry

@@ -224,13 +224,15 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         columns=all_cols, null_counts=totals["nulls"], null_reasons=totals["reasons"], judges=judges_summary,
         judge_tokens=tokens, cost_usd=cost, budget=totals["budget"], cache=cache_uri,
         word_limit=c.word_limit, panel_calibration=totals.get("panel_calibration"),
-        judge_audit=totals.get("judge_audit"))
+        judge_audit=totals.get("judge_audit"),
+        pairwise={k: v for k, v in (totals.get("pairwise") or {}).items() if k != "audit"} or None)
     out.commit(manifest)
     log.info("score: %d candidates -> %s (%.1fs)", totals["rows"], c.output, wall)
     return {"stage": "score", "output": c.output, "n_candidates": n_candidates, "n_scored": totals["rows"],
             "columns": all_cols, "null_counts": totals["nulls"], "judges": judges_summary,
             "judge_tokens": tokens, "cost_usd": cost, "budget": totals["budget"],
             "panel_calibration": totals.get("panel_calibration"), "judge_audit": totals.get("judge_audit"),
+            "pairwise": {k: v for k, v in (totals.get("pairwise") or {}).items() if k != "audit"} or None,
             "wall_time_s": wall}
 
 
@@ -317,6 +319,8 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
 
         stats = PanelStats(judge_names, dims)
 
+    panel_scores: dict[str, float] | None = {} if judges and c.panel.pairwise else None
+
     def flush_part(final: bool = False) -> None:
         if not buffered or (stats is not None and not final):
             return
@@ -342,10 +346,15 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
                 stats.add(block)
             if audit is not None:
                 audit.add(block)
+            if panel_scores is not None:
+                panel_scores.update(_panel_means(block, dims))
             seen += block.num_rows
             if sum(t.num_rows for t in buffered) >= c.rows_per_part:
                 flush_part()
         flush_part(final=True)
+        if panel_scores is not None:
+            totals["pairwise"] = _judge_pairwise(cfg, judges, dims, prompts, panel_scores, ledger,
+                                                 cache if caches else None, totals)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("score: Ray Data stats\n%s", ds.stats())
     finally:
@@ -364,11 +373,94 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
     totals["rows"] = seen
     if audit is not None:
         totals["judge_audit"] = audit.summary()
+        for j, per_dim in (totals.get("pairwise") or {}).get("audit", {}).items():
+            for d, stats in per_dim.items():
+                totals["judge_audit"][j][d].update(stats)
     totals["nulls"] = dict(totals["nulls"])
     totals["reasons"] = dict(totals["reasons"].most_common(50))
     for j in totals["judges"].values():
         j["cost_usd"] = round(j["cost_usd"], 8)
     return out, totals
+
+
+def _panel_means(block: pa.Table, dims: list[str]) -> dict[str, float]:
+    """candidate id -> mean of its panel scores over the dimensions (the pairwise ranking)."""
+    cols = [block.column(f"judge_{d}").to_pylist() for d in dims if f"judge_{d}" in block.column_names]
+    out = {}
+    for r, cid in enumerate(block.column("candidate_id").to_pylist()):
+        vals = [c[r] for c in cols if c[r] is not None]
+        if vals:
+            out[cid] = sum(vals) / len(vals)
+    return out
+
+
+def _judge_pairwise(cfg: PersoDPOConfig, judges: list, dims: list[str], prompts: pa.Table,
+                    panel_scores: dict[str, float], ledger, cache, totals: dict) -> dict:
+    """Pairs of each prompt's replies, every judge, both orders (persodpo.score.pairwise); the
+    verdicts go to ``<output>/pairwise``, counts, tokens and cost to each judge's summary."""
+    import ray
+
+    from persodpo.rate_limit import endpoint_limiter
+    from persodpo.score.cache import judge_namespace
+    from persodpo.score.pairwise import (ORDERS, PAIRWISE, PairwiseJudgeActor, pairwise_audit,
+                                         pairwise_request_params, select_pairs, status_col, verdict_rows)
+
+    c = cfg.score
+    cands = st.read_table(c.input, cfg.storage, columns=["candidate_id", "prompt_id", "generator", "text"])
+    pairs = select_pairs(cands, panel_scores, c.panel.pairwise_max_per_prompt)
+    del cands
+    log.info("score: pairwise: %d pairs x %d judge(s) x %d dimension(s) x 2 orders", pairs.num_rows, len(judges),
+             len(dims))
+    counts = {j.name: {"requests": 0, "tokens": 0, "cost_usd": 0.0, **{s: 0 for s in _statuses()}} for j in judges}
+    rows: list[dict] = []
+    if pairs.num_rows:
+        ds = ray.data.from_arrow(pairs).repartition(target_num_rows_per_block=c.actor_block_rows)
+        namespaces = {}
+        for j in judges:
+            ns = judge_namespace(j.name, j.model, pairwise_request_params(j))
+            namespaces[j.name] = ns
+            memo = None
+            if cache is not None:
+                memo = [ray.put({k: {"score": e["score"], "error": e["error"]} for k, e in cache.load(ns).items()})]
+            ds = ds.map_batches(
+                PairwiseJudgeActor,
+                fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
+                                       "prompts": [ray.put(prompts)], "memo": memo, "ledger": ledger,
+                                       "limiter": endpoint_limiter(j)},
+                compute=_judge_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
+                max_concurrency=JUDGE_BLOCKS_PER_ACTOR, batch_format="pyarrow")
+        names = [j.name for j in judges]
+        for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            rows += verdict_rows(block, names, dims)
+            for name in names:
+                s = counts[name]
+                for d in dims:
+                    for o in ORDERS:
+                        for status, k in Counter(block.column(status_col(name, d, o)).to_pylist()).items():
+                            s[status] += k
+                s["tokens"] += int(pc.sum(block.column(tokens_column(name))).as_py() or 0)
+                s["cost_usd"] += float(pc.sum(block.column(cost_column(name))).as_py() or 0.0)
+                if cache is not None:
+                    new = [e for v in block.column(new_entries_column(name)).to_pylist() if v for e in json.loads(v)]
+                    cache.append(namespaces[name], new)
+        for name in names:
+            s = counts[name]
+            s["requests"] = s["ok"] + s["malformed"] + s["out_of_range"] + s["request_error"]
+            s["cost_usd"] = round(s["cost_usd"], 8)
+            if cache is not None:
+                s["cache_entries"] = cache.compact(namespaces[name])
+            judge = totals["judges"][name]
+            judge["tokens"] += s["tokens"]
+            judge["cost_usd"] += s["cost_usd"]
+            judge["pairwise"] = {k: v for k, v in s.items() if v or k in ("requests", "ok")}
+    out = st.StageOutput(st.join(c.output, "pairwise"), cfg.storage).begin()
+    table = pa.Table.from_pylist(rows, schema=PAIRWISE)
+    out.write_table(table)
+    out.commit({"stage": "score", "table_name": "pairwise", "rows": table.num_rows, "n_pairs": pairs.num_rows,
+                "max_per_prompt": c.panel.pairwise_max_per_prompt})
+    audit = pairwise_audit(rows)
+    return {"output": st.join(c.output, "pairwise"), "n_pairs": pairs.num_rows, "rows": table.num_rows,
+            "n_consistent": sum(1 for r in rows if r["consistent"]), "audit": audit}
 
 
 FAILED = ("request_error", "malformed", "out_of_range")   # a request was made and gave no usable score

@@ -1,6 +1,7 @@
 """The score stage end to end on local Ray: every metric family and a judge panel via litellm
 against a real HTTP server, on candidates made from the bundled FoCus sample."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -258,3 +259,88 @@ def test_the_audit_shows_a_length_following_judge_and_a_fair_one(ray_local, samp
         assert jl["self_preference"] > 0.5                           # its own (chatty) replies are the longest
         panel = audit["_panel"][d]
         assert panel["n_units"] == 2 * 8 and -1.0 <= panel["krippendorff_alpha"] <= 1.0
+
+
+def _pair_replies(text):
+    a = text.split("Reply A:\n", 1)[1].split("\n\nReply B:\n", 1)
+    return a[0], a[1].split("\n\n", 1)[0]
+
+
+def pairwise_responder(messages, body):
+    """Pointwise: a score from the reply's length. Pairwise, by judge: jfirst always names the
+    reply shown first, jlonger the longer one, jfair the one whose text hashes higher (neither
+    position nor length)."""
+    text = messages[-1]["content"]
+    if "Reply A:" not in text:
+        return json.dumps({"score": min(5, 1 + len(_reply(text).split()) // 6)})
+    a, b = _pair_replies(text)
+    if body["model"].startswith("jfirst"):
+        return json.dumps({"winner": "A"})
+    if body["model"].startswith("jlonger"):
+        return json.dumps({"winner": "A" if len(a.split()) > len(b.split()) else "B"
+                           if len(b.split()) > len(a.split()) else "tie"})
+    ha, hb = (hashlib.sha256(x.encode()).hexdigest() for x in (a, b))
+    return json.dumps({"winner": "A" if ha > hb else "B" if hb > ha else "tie"})
+
+
+def test_pairwise_judging_in_both_orders_exposes_position_and_length_bias_and_verifies_pairs(ray_local, sample,
+                                                                                             tmp_path):
+    from persodpo.pairs.stage import run_stage as pairs_stage
+
+    table = sample["prompt_table"].slice(0, 8)
+    cands = write_output(str(tmp_path / "cands"), make_candidates(table, ["gold", "truncated", "prefixed", "chatty"]))
+    out = str(tmp_path / "scores")
+    with OpenAIServer(responder=pairwise_responder) as server:
+        cfg = _cfg(sample, out, metrics=["length", "persona_coverage", "reference"], input=cands,
+                   judges=[_judge(server, j) for j in ("jfirst", "jlonger", "jfair")])
+        cfg.score.panel.dimensions, cfg.score.panel.pairwise, cfg.score.panel.pairwise_max_per_prompt = \
+            ["coherence"], True, 3
+        summary = run_stage(cfg)
+        sent = server.stats["requests"]
+    n_pairs = 8 * 3
+    verdicts = st.read_table(st.join(out, "pairwise"))
+    assert summary["pairwise"]["n_pairs"] == n_pairs and verdicts.num_rows == n_pairs * 3
+    for j in ("jfirst", "jlonger", "jfair"):
+        pw = summary["judges"][j]["pairwise"]
+        assert pw["requests"] == pw["ok"] == 2 * n_pairs, pw        # both orders of every pair
+        assert pw["cache_entries"] == 2 * n_pairs                   # cached like pointwise answers
+    assert sent == 3 * (4 * 8 + 2 * n_pairs)                        # pointwise + pairwise, nothing else
+    audit = summary["judge_audit"]
+    print("\npairwise audit:", json.dumps({j: audit[j]["coherence"] for j in ("jfirst", "jlonger", "jfair")},
+                                          sort_keys=True))
+    first, longer, fair = (audit[j]["coherence"] for j in ("jfirst", "jlonger", "jfair"))
+    assert first["position_consistency"] == 0.0 and first["first_position_win_rate"] == 1.0
+    assert first["n_pairwise"] == first["n_inconsistent"] == n_pairs
+    assert longer["longer_win_rate"] == 1.0 and longer["position_consistency"] == 1.0
+    assert fair["position_consistency"] == 1.0 and fair["first_position_win_rate"] == 0.5
+    assert 0.2 < fair["longer_win_rate"] < 0.8
+    assert audit == manifest_of(out)["judge_audit"]
+
+    # Pairs verified against the verdicts: jfirst disagrees with itself on every pair, so every
+    # content pair it judged is dropped as inconsistent, and the data card says so.
+    pairs_out = tmp_path / "pairs"
+    pcfg = load_config(None, [f"pairs.input={out}", f"pairs.candidates={cands}", f"pairs.prompts={sample['prompts']}",
+                              f"pairs.output={pairs_out}", "pairs.persodpo.verify=pairwise", "pairs.plots=false",
+                              "pairs.persodpo.min_margin=0.0",
+                              'pairs.persodpo.weights={"persona_coverage": 1.0, "ref_rouge_l": 1.0}'])
+    pairs_stage(pcfg)
+    stats = json.loads((pairs_out / "stats.json").read_text())["recipe_stats"]["pairwise_verification"]
+    assert stats["checked"] > 0 and stats["kept"] == 0
+    assert stats["dropped_total"] == stats["checked"] and stats["dropped"]["tie"] == 0
+    assert "## Pairwise verification" in (pairs_out / "data_card.md").read_text()
+    kept_content = [r for r in st.read_table(str(pairs_out)).to_pylist() if r["pair_type"] == "content"]
+    assert kept_content == []
+    # With jfair's verdicts only, a content pair is kept exactly when its chosen reply hashes higher.
+    fair_only = st.join(str(tmp_path), "verdicts-fair")
+    o = st.StageOutput(fair_only).begin()
+    o.write_table(verdicts.filter(pa.compute.equal(verdicts.column("judge"), "jfair")))
+    o.commit({"stage": "test"})
+    pcfg.pairs.pairwise, pcfg.pairs.output = fair_only, str(tmp_path / "pairs-fair")
+    pairs_stage(pcfg)
+    stats = json.loads((tmp_path / "pairs-fair" / "stats.json").read_text())["recipe_stats"]["pairwise_verification"]
+    texts = {r["candidate_id"]: r["text"] for r in st.read_table(cands).to_pylist()}
+    kept = [r for r in st.read_table(str(tmp_path / "pairs-fair")).to_pylist() if r["pair_type"] == "content"]
+    assert len(kept) == stats["kept"] > 0 and stats["dropped"]["lost"] > 0, stats
+    for r in kept:
+        c, j = texts[r["chosen_candidate_id"]], texts[r["rejected_candidate_id"]]
+        assert hashlib.sha256(c.encode()).hexdigest() > hashlib.sha256(j.encode()).hexdigest()
