@@ -239,6 +239,7 @@ class LocalServer:
         self.timeout, self.max_batch = startup_timeout_s, max_batch
         self.max_model_len, self.kv_cache_gb = max_model_len, kv_cache_gb
         self.proc: subprocess.Popen | None = None
+        self._launched_at = 0.0
         self.log_path: str | None = None
         self.health_interval_s, self.health_failures, self.max_restarts = health_interval_s, health_failures, max_restarts
         self.restarts = 0
@@ -268,12 +269,18 @@ class LocalServer:
         return [sys.executable, "-m", "persodpo.local_server", "--model", self.source, "--port", str(self.port),
                 "--served-name", self.served_names[0], "--max-batch", str(self.max_batch)]
 
-    def start(self) -> "LocalServer":
+    def start(self, wait: bool = True) -> "LocalServer":
+        """Launch the server; with ``wait`` (else call :meth:`ready`) return once it answers."""
         # A path that is not there fails here, not after the child has imported torch.
         if self.source.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(self.source)):
             raise FileNotFoundError(f"{self.source}: no such model directory for the local server")
-        self._spawn()
-        if self.health_interval_s > 0:
+        self._launch()
+        return self.ready() if wait else self
+
+    def ready(self) -> "LocalServer":
+        """Wait until the launched server answers, then keep a watchdog on it."""
+        self._wait_ready()
+        if self.health_interval_s > 0 and self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, daemon=True, name=f"watchdog-{self.port}")
             self._watchdog.start()
         return self
@@ -320,6 +327,12 @@ class LocalServer:
             failures = 0
 
     def _spawn(self) -> None:
+        self._launch()
+        self._wait_ready()
+
+    def _launch(self) -> None:
+        # The thread that runs this is the child's "parent" for PR_SET_PDEATHSIG: it must live as
+        # long as the server (the caller's thread or the watchdog, never a short-lived pool thread).
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gb))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -338,7 +351,10 @@ class LocalServer:
                                          start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             logf.close()
-        t0 = time.time()
+        self._launched_at = time.time()
+
+    def _wait_ready(self) -> None:
+        t0 = self._launched_at
         while time.time() - t0 < self.timeout:
             if self._stopping.is_set():  # stop() during a restart
                 self._kill()
@@ -436,11 +452,18 @@ def local_servers(endpoints: list[tuple[str | None, str]], *, key: str = "api_ba
         raise ConfigError("api_base 'local:...' starts a server on 127.0.0.1, which only actors on this machine "
                           "can reach; on a multi-node cluster, serve the model and give its URL", key=key)
     servers: dict[str, LocalServer] = {}
+    for base, served in names.items():
+        backend, source = parse_local(base)
+        servers[base] = LocalServer(source, backend, served_name=served, max_model_len=max_model_len,
+                                    kv_cache_gb=kv_cache_gb)
     try:
-        for base, served in names.items():
-            backend, source = parse_local(base)
-            servers[base] = LocalServer(source, backend, served_name=served, max_model_len=max_model_len,
-                                        kv_cache_gb=kv_cache_gb).start()
+        # Launched side by side, then waited for: each start is mostly a child importing torch and
+        # loading a model (evaluate serves the base and the trained model at once), so starting
+        # them in turn doubles the wait.
+        for s in servers.values():
+            s.start(wait=False)
+        for s in servers.values():
+            s.ready()
         yield {b: s.api_base for b, s in servers.items()}
     finally:
         for s in servers.values():

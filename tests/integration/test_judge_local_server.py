@@ -17,22 +17,46 @@ def test_local_api_bases_are_recognised():
         parse_local("local:")
 
 
-def test_a_tiny_model_answers_concurrent_requests_with_real_usage():
-    with LocalServer("tiny:llama", max_batch=4) as server:
-        client = LiteLLMClient(ApiEndpoint(model="openai/local", api_base=server.api_base, max_in_flight=8,
-                                           timeout_s=60, max_retries=0))
+def test_two_servers_started_side_by_side_answer_concurrent_requests_and_stay_up(caplog):
+    """local_servers launches every server before waiting for any (evaluate's base and trained
+    model); each keeps its first process (no watchdog restart) while it answers."""
+    import time
 
-        async def ask_all():
-            msgs = [[{"role": "user", "content": f"Question number {i}: how are you?"}] for i in range(6)]
-            return await asyncio.gather(*(client.complete(m, max_tokens=5, temperature=0) for m in msgs))
+    from persodpo.local_server import local_servers
 
-        results = asyncio.run(ask_all())
+    bases = ["local:tiny:llama", "local:tiny:qwen2"]
+    caplog.set_level("WARNING", logger="persodpo.local_server")
+    with local_servers([(b, "openai/local") for b in bases]) as urls:
+        servers = {}
+        results = []
+        for base in bases:
+            client = LiteLLMClient(ApiEndpoint(model="openai/local", api_base=urls[base], max_in_flight=8,
+                                               timeout_s=60, max_retries=0))
+
+            async def ask_all():
+                msgs = [[{"role": "user", "content": f"Question number {i}: how are you?"}] for i in range(6)]
+                return await asyncio.gather(*(client.complete(m, max_tokens=5, temperature=0) for m in msgs))
+
+            results += asyncio.run(ask_all())
+        time.sleep(6)      # past a watchdog check: a server whose launching thread ended would be gone
+        for base in bases:
+            client = LiteLLMClient(ApiEndpoint(model="openai/local", api_base=urls[base], timeout_s=60,
+                                               max_retries=0))
+            r = asyncio.run(client.complete([{"role": "user", "content": "still there?"}], max_tokens=2))
+            servers[base] = r.error
     for r in results:
         assert r.error is None, r.error
         assert isinstance(r.text, str)
         assert r.prompt_tokens > 5 and 1 <= r.completion_tokens <= 5
         assert r.finish_reason in ("length", "stop")
-    assert server.proc.poll() is not None          # stopped with the context
+    assert servers == {b: None for b in bases}
+    assert not [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
+
+
+def test_a_server_stops_with_its_context():
+    with LocalServer("tiny:llama", max_batch=4, health_interval_s=0) as server:
+        assert server.healthy()
+    assert server.proc.poll() is not None
 
 
 def test_a_missing_model_directory_is_a_clear_error(tmp_path):
