@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: venv
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=30
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -235,28 +235,6 @@ def _rows(path):
     return pq.read_metadata(path).num_rows
 
 
-@pytest.mark.slow
-def test_cli_two_generators_turn_the_bundled_sample_into_candidates(prompts_uri, ray_address, tmp_path):
-    """jobs/configs/generate_local.yaml (vLLM + API via a local OpenAI server), tiny models for speed
-    (the API side on persodpo's transformers server: vLLM's own server is tested in the judge tests)."""
-    prompts, out = prompts_uri, str(tmp_path / "cands")
-    gen = _cli("generate", "--config", str(REPO / "jobs/configs/generate_local.yaml"), "--input", prompts,
-               "--output", out, "--set", f"ray.address={ray_address}", "--set", "ray.progress_bars=false",
-               "--set", "generate.generators.0.model=tiny:llama",
-               "--set", "generate.generators.1.api.api_base=local:tiny:llama",
-               "--set", "generate.generators.1.model=openai/tiny",
-               "--set", "generate.generators.0.sampling.max_tokens=32",
-               "--set", "generate.generators.1.sampling.max_tokens=32")
-    stdout, stderr = gen.communicate(timeout=600)
-    assert gen.returncode == 0, stderr[-4000:]
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["ok"] and summary["rows_per_generator"] == {"smollm2-vllm": 40, "smollm2-api": 40}
-    assert summary["errors"] == 0 and summary["completion_tokens"] > 0 and summary["wall_time_s"] > 0
-    t = st.read_table(out)
-    assert t.num_rows == 80 and len(set(t.column("candidate_id").to_pylist())) == 80
-    assert all(r is not None for r in t.column("raw").to_pylist())
-
-
 def test_a_generation_budget_stops_requests_before_the_cap_and_says_so_per_row(ray_local, prompts_uri, tmp_path):
     from persodpo.generate.stage import run_stage
 

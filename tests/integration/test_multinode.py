@@ -73,7 +73,15 @@ def judge_responder(messages, body):
 VLLM = {"device": "cpu", "max_model_len": 1024, "dtype": "float32", "batch_size": 4, "resources": {"generate": 1}}
 
 
-def _full_run_config(cluster, root: str, run_id: str, judge_base: str, stages: list[str]) -> Path:
+def _api_generator(api_base: str) -> dict:
+    return {"name": "api", "backend": "api", "model": "openai/loopback", "samples": 2,
+            "sampling": {"temperature": 1.0, "max_tokens": 32},
+            "api": {"api_base": api_base, "concurrency": 2, "max_in_flight": 2, "batch_size": 2, "max_retries": 2,
+                    "timeout_s": 30}}
+
+
+def _full_run_config(cluster, root: str, run_id: str, judge_base: str, stages: list[str],
+                     gen_base: str | None = None) -> Path:
     cfg = yaml.safe_load((REPO / "jobs" / "configs" / "tiny.yaml").read_text())
     cfg["run"] = {"root": root, "run_id": run_id, "stages": stages}
     cfg["ray"] = {"address": cluster.gcs_address, "progress_bars": False}
@@ -82,8 +90,10 @@ def _full_run_config(cluster, root: str, run_id: str, judge_base: str, stages: l
     cfg["generate"]["generators"] = [{
         "name": "tiny-vllm", "backend": "vllm", "model": "tiny:llama", "samples": 2,
         "sampling": {"temperature": 1.0, "seed": 0, "max_tokens": 16}, "vllm": VLLM}]
+    if gen_base:   # an API generator beside it: the reference of the API spot-loss test too
+        cfg["generate"]["generators"].append(_api_generator(gen_base))
     cfg["score"]["judges"] = [{"name": "j1", "model": "openai/judge", "api_base": judge_base, "max_retries": 2,
-                               "concurrency": 1, "timeout_s": 30}]
+                               "concurrency": 2, "max_in_flight": 2, "batch_size": 4, "timeout_s": 30}]
     cfg["train"].update(max_steps=2, save_steps=2)
     # vLLM (the generate section's options, on the generator node) serving the trained model that
     # train wrote to the object store; the base model is left out: one engine fits that node.
@@ -98,21 +108,29 @@ STAGES = ["ingest", "generate", "score", "pairs", "train", "evaluate"]
 
 
 @pytest.fixture(scope="module")
-def whole_run(cluster, s3_server):
-    """ingest through evaluate on the separate nodes, the run root on S3 (also the reference
-    tables of the vLLM spot-loss test)."""
+def servers():
+    """The API generator and the judge, with latencies that keep requests in flight long enough
+    for a node to be lost under them."""
+    from tests.support.openai_server import OpenAIServer, echo_json
+
+    with OpenAIServer(echo_json(), latency_s=0.4) as gen, OpenAIServer(judge_responder, latency_s=0.3) as judge:
+        yield gen, judge
+
+
+@pytest.fixture(scope="module")
+def whole_run(cluster, s3_server, servers):
+    """ingest through evaluate on the separate nodes, the run root on S3, a vLLM and an API
+    generator (also the reference tables of both spot-loss tests)."""
     import time
 
-    from tests.support.openai_server import OpenAIServer
-
+    gen, judge = servers
     bucket = "multinode-whole"
     s3_server.create_bucket(bucket)
     root = f"s3://{bucket}/root"
-    with OpenAIServer(judge_responder) as judge:
-        config = _full_run_config(cluster, root, "full", judge.api_base, STAGES)
-        t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(config)], cwd=REPO,
-                           capture_output=True, text=True, timeout=1500, env=_driver_env(cluster))
+    config = _full_run_config(cluster, root, "full", judge.api_base, STAGES, gen_base=gen.api_base)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config", str(config)], cwd=REPO,
+                       capture_output=True, text=True, timeout=1500, env=_driver_env(cluster))
     return {"result": r, "root": root, "seconds": time.time() - t0}
 
 
@@ -126,7 +144,7 @@ def test_a_whole_run_on_separate_nodes_reads_nothing_from_the_drivers_machine(cl
     assert [summary["stages"][s]["status"] for s in stages] == ["ran"] * 6, summary
     run = st.join(root, "runs", "full")
     cands = st.read_table(st.join(run, "generate"))
-    assert cands.num_rows > 0 and set(cands.column("generator").to_pylist()) == {"tiny-vllm"}
+    assert cands.num_rows > 0 and set(cands.column("generator").to_pylist()) == {"tiny-vllm", "api"}
     assert "error" not in set(cands.column("parse_status").to_pylist()), cands.column("error").to_pylist()[:3]
     scores = st.read_table(st.join(run, "score"))
     assert scores.num_rows == cands.num_rows
@@ -236,31 +254,25 @@ def test_evaluate_hands_its_generators_the_trained_model_on_the_object_store_wit
 
 
 def _api_run_config(cluster, root: str, run_id: str, api_base: str, judge_base: str) -> Path:
-    cfg = yaml.safe_load((REPO / "jobs" / "configs" / "tiny.yaml").read_text())
-    cfg["run"] = {"root": root, "run_id": run_id, "stages": ["ingest", "generate", "score"]}
-    cfg["ray"] = {"address": cluster.gcs_address, "progress_bars": False}
+    """The whole run's API generator and judge on its prompts (ingest, generate, score only)."""
+    path = _full_run_config(cluster, root, run_id, judge_base, ["ingest", "generate", "score"])
+    cfg = yaml.safe_load(path.read_text())
     cfg["generate"]["rows_per_part"] = 8
-    cfg["generate"]["template"] = "persobench-json-v1"
-    cfg["generate"]["generators"] = [{
-        "name": "api", "backend": "api", "model": "openai/loopback", "samples": 2,
-        "sampling": {"temperature": 1.0, "max_tokens": 32},
-        "api": {"api_base": api_base, "concurrency": 2, "max_in_flight": 2, "batch_size": 2, "max_retries": 2,
-                "timeout_s": 30}}]
-    cfg["score"]["judges"] = [{"name": "j1", "model": "openai/judge", "api_base": judge_base, "max_retries": 2,
-                               "concurrency": 2, "max_in_flight": 2, "batch_size": 4, "timeout_s": 30}]
-    path = cluster.private / f"{run_id}.yaml"
+    cfg["generate"]["generators"] = [_api_generator(api_base)]
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def _tables(root: str, run_id: str, stages=("generate", "score")) -> dict:
-    """A stage's rows by candidate id, without what differs between two runs of the same config
-    (times, latencies)."""
+def _tables(root: str, run_id: str, stages=("generate", "score"), generator: str | None = None) -> dict:
+    """A stage's rows by candidate id (``generator``'s only, if given), without what differs
+    between two runs of the same config (times, latencies)."""
     import pyarrow.compute as pc
 
     out = {}
     for stage in stages:
         t = st.read_table(st.join(root, "runs", run_id, stage))
+        if generator:
+            t = t.filter(pc.equal(t.column("generator"), generator))
         t = t.drop_columns([c for c in t.column_names if c in ("generated_at", "latency_s", "scored_at")])
         out[stage] = t.take(pc.sort_indices(t, [("candidate_id", "ascending")])).to_pylist()
     return out
@@ -331,7 +343,7 @@ def test_losing_the_node_of_the_vllm_engine_during_generate_loses_and_duplicates
 
     config = _full_run_config(cluster, root, "vllm-lost", "http://127.0.0.1:9", ["ingest", "generate"])
     got = _run_losing_nodes(cluster, config, [(engine_at_work, title)])
-    expected, after = _tables(root, "full", ["generate"]), _tables(root, "vllm-lost", ["generate"])
+    expected, after = _tables(root, "full", ["generate"], "tiny-vllm"), _tables(root, "vllm-lost", ["generate"])
     ids = [row["candidate_id"] for row in after["generate"]]
     assert len(ids) == len(set(ids)) == len(expected["generate"])          # 0 lost, 0 duplicated
     assert after == expected
@@ -345,34 +357,30 @@ def test_losing_the_node_of_the_vllm_engine_during_generate_loses_and_duplicates
           f"{ref_s:.0f} s in the whole run ({len(ids)} candidates); nodes now {cluster.alive_workers()}")
 
 
-def test_losing_nodes_during_generate_and_during_score_loses_and_duplicates_no_row(cluster, s3_env):
+def test_losing_nodes_during_generate_and_during_score_loses_and_duplicates_no_row(cluster, whole_run, servers,
+                                                                                 s3_env):
     """Spot losses: the worker node that hosts the API generator's actors is lost while they have
     requests in flight, then the node of the judge's actors while they score. Each is replaced;
-    Ray Data restarts the actors and retries their tasks; the tables equal an uninterrupted run's."""
-    import time
-
-    from tests.support.openai_server import OpenAIServer, echo_json
-
-    root = f"s3://{s3_env['bucket']}/root"
-    with OpenAIServer(echo_json(), latency_s=0.4) as gen, OpenAIServer(judge_responder, latency_s=0.3) as judge:
-        t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "persodpo", "run", "--config",
-                            str(_api_run_config(cluster, root, "whole", gen.api_base, judge.api_base))],
-                           cwd=REPO, capture_output=True, text=True, timeout=900, env=_driver_env(cluster))
-        assert r.returncode == 0, r.stderr[-5000:]
-        whole_s = time.time() - t0
-        expected = _tables(root, "whole")
-        n, judged = len(expected["generate"]), judge.stats["requests"]
-        g0, j0 = gen.stats["requests"], judge.stats["requests"]
-        got = _run_losing_nodes(cluster, _api_run_config(cluster, root, "lost", gen.api_base, judge.api_base), [
-            (lambda: gen.stats["requests"] - g0 >= n // 4, "ray::MapWorker(MapBatches(ApiBatchCaller"),
-            (lambda: judge.stats["requests"] - j0 >= judged // 4, "ray::MapWorker(MapBatches(JudgeActor")])
+    Ray Data restarts the actors and retries their tasks; the tables equal the whole run's rows
+    of that generator (same prompts, generator and judge; one judge, so its panel is its raw score)."""
+    assert whole_run["result"].returncode == 0, "the reference run failed"
+    gen, judge = servers
+    root = whole_run["root"]
+    expected = _tables(root, "full", generator="api")
+    n = len(expected["generate"])
+    judged = sum(1 for row in expected["score"] for c, v in row.items()
+                 if c.startswith("judge_j1_") and c.count("_") == 2 and v is not None)
+    g0, j0 = gen.stats["requests"], judge.stats["requests"]
+    got = _run_losing_nodes(cluster, _api_run_config(cluster, root, "lost", gen.api_base, judge.api_base), [
+        (lambda: gen.stats["requests"] - g0 >= n // 4, "ray::MapWorker(MapBatches(ApiBatchCaller"),
+        (lambda: judge.stats["requests"] - j0 >= judged // 4, "ray::MapWorker(MapBatches(JudgeActor")])
     after = _tables(root, "lost")
     for stage in ("generate", "score"):
         ids = [row["candidate_id"] for row in after[stage]]
         assert len(ids) == len(set(ids)) == n, stage                       # 0 lost, 0 duplicated
     assert after == expected
+    ref = json.loads(whole_run["result"].stdout.strip().splitlines()[-1])["stages"]
     print(f"\nspot losses {got['lost']}: finished in {got['attempts']} attempt(s) "
-          f"(first attempt: {got['first_attempt_error']}), {got['seconds']:.0f} s vs "
-          f"{whole_s:.0f} s uninterrupted (recovery cost {got['seconds'] - whole_s:.0f} s); {n} candidates; "
-          f"nodes now {cluster.alive_workers()}")
+          f"(first attempt: {got['first_attempt_error']}), {got['seconds']:.0f} s for ingest+generate+score of "
+          f"{n} candidates ({judged} judge answers) vs {sum(ref[s].get('wall_time_s', 0) for s in STAGES[:3]):.0f} s "
+          f"for the whole run's {sum(ref['generate']['rows_per_generator'].values())} candidates of 2 generators; nodes now {cluster.alive_workers()}")

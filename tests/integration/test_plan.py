@@ -32,11 +32,12 @@ def _cli(*args):
     return [json.loads(line) for line in r.stdout.strip().splitlines() if line.startswith("{")]
 
 
-def test_the_plan_counts_the_requests_the_run_sends_and_bounds_its_cost(tmp_path):
+def test_the_plan_counts_the_requests_the_run_sends_and_bounds_its_cost(ray_local, tmp_path):
     with OpenAIServer(echo_json(), latency_s=0.1) as gen, OpenAIServer(judge_responder) as judge:
         cfg = yaml.safe_load((REPO / "jobs" / "configs" / "tiny.yaml").read_text())
         cfg["run"] = {"root": str(tmp_path / "root"), "run_id": "planned", "stages": ["ingest", "generate", "score"]}
-        cfg["ray"] = {"num_cpus": 4, "progress_bars": False}
+        # The pilot and the run join the session's Ray, as `ray job submit` drivers join a cluster.
+        cfg["ray"] = {"address": ray_local.get_runtime_context().gcs_address, "progress_bars": False}
         cfg["generate"]["generators"] = [
             {"name": "a", "backend": "api", "model": "openai/gen-a", "samples": 2, "sampling": {"max_tokens": 24},
              "api": {"api_base": gen.api_base, "max_in_flight": 4, "batch_size": 4, **PRICES}},
