@@ -218,7 +218,7 @@ def part_corr(data: Path, work: Path) -> dict:
     from persodpo.models import MINILM
 
     uri = str(work / "scores-corr")
-    metrics = ["format", "length", "persona_coverage",
+    metrics = ["format", "length", "persona_coverage", "reference",
                {"name": "persona_similarity", "model": MINILM, "batch_size": 128}]
     wall = None
     if not st.is_complete(uri):   # with --work, a rerun reuses the scores
@@ -243,9 +243,16 @@ def part_corr(data: Path, work: Path) -> dict:
     for method in ("spearman", "pearson"):
         for a in cols_ours:
             out[method][a] = {b: corr(a, b, method) for b in cols_theirs}
-    # How the authors' metrics and ours move with length (the paper's length confound).
-    out["spearman_with_length_words"] = {c: corr(c, "length_words", "spearman")
-                                         for c in cols_theirs + ["persona_coverage", "persona_similarity"]}
+    # How the authors' metrics and ours move with length (the paper's length confound), on the
+    # valid outputs and per generator (a pooled correlation can be a generator effect: the closed
+    # models write both shorter and better replies).
+    length_cols = cols_theirs + ["persona_coverage", "persona_similarity", "ref_bleu", "ref_chrf", "ref_rouge_l"]
+    out["spearman_with_length_words"] = {c: corr(c, "length_words", "spearman") for c in length_cols}
+    out["spearman_with_length_words_within_generator_median"] = {
+        c: round(float(statistics.median(
+            g[c].rank().corr(g["length_words"].rank()) for _, g in valid.groupby("generator") if len(g) >= 50)), 3)
+        for c in length_cols}
+    out["words_valid"] = {"median": float(valid["length_words"].median()), "mean": round(float(valid["length_words"].mean()), 1)}
     # Format compliance over all outputs vs the authors' validity (parse status).
     allr = df[df["format_ok"].notna()]
     out["format_ok_rate_by_parse_status"] = allr.groupby("parse_status")["format_ok"].mean().round(3).to_dict()
