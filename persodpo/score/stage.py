@@ -217,6 +217,8 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     judges_summary = totals["judges"]
     cost = round(sum(j["cost_usd"] for j in judges_summary.values()), 8)
     tokens = sum(j["tokens"] for j in judges_summary.values())
+    # The pairwise audit is merged into judge_audit; the rest (output, counts) is its own key.
+    pairwise = {k: v for k, v in (totals.get("pairwise") or {}).items() if k != "audit"} or None
     manifest = stage_manifest(
         cfg, "score", rows=totals["rows"], n_candidates=n_candidates, input=c.input, prompts=c.prompts,
         metrics=[{"name": m.name, "kind": m.kind, "reads": list(m.reads), "writes": m.writes(),
@@ -225,14 +227,14 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         judge_tokens=tokens, cost_usd=cost, budget=totals["budget"], cache=cache_uri,
         word_limit=c.word_limit, panel_calibration=totals.get("panel_calibration"),
         judge_audit=totals.get("judge_audit"),
-        pairwise={k: v for k, v in (totals.get("pairwise") or {}).items() if k != "audit"} or None)
+        pairwise=pairwise)
     out.commit(manifest)
     log.info("score: %d candidates -> %s (%.1fs)", totals["rows"], c.output, wall)
     return {"stage": "score", "output": c.output, "n_candidates": n_candidates, "n_scored": totals["rows"],
             "columns": all_cols, "null_counts": totals["nulls"], "judges": judges_summary,
             "judge_tokens": tokens, "cost_usd": cost, "budget": totals["budget"],
             "panel_calibration": totals.get("panel_calibration"), "judge_audit": totals.get("judge_audit"),
-            "pairwise": {k: v for k, v in (totals.get("pairwise") or {}).items() if k != "audit"} or None,
+            "pairwise": pairwise,
             "wall_time_s": wall}
 
 
