@@ -164,10 +164,41 @@ def check_config(cfg: PersoDPOConfig) -> list[Check]:
             else:
                 checks.append(Check("evaluate columns", False, "evaluation would score the models with no metric "
                                                                "and no judge: its report would be empty", key))
+    checks += rounds_checks(cfg)
     if "evaluate" in stages and cfg.evaluate.split is not None and cfg.generate.split == cfg.evaluate.split:
         checks.append(Check("held-out split", False, f"generate answers split {cfg.generate.split!r}, which "
                                                      "evaluate uses as held-out", "evaluate.split"))
     return checks
+
+
+def rounds_checks(cfg: PersoDPOConfig) -> list[Check]:
+    """Iterative DPO (run.rounds > 1): what the rounds need of the rest of the config."""
+    if cfg.run.rounds == 1:
+        return []
+    r, n = cfg.rounds, cfg.run.rounds
+    missing = [s for s in ("generate", "score", "pairs", "train") if s not in cfg.run.stages]
+    if missing:
+        return [Check("rounds", False, f"run.rounds={n} needs the stages {missing} in run.stages", "run.stages")]
+    if r.prompts == "fresh" and r.prompts_per_round is None:
+        return [Check("rounds", False, "rounds.prompts=fresh needs rounds.prompts_per_round (the slice of each round)",
+                      "rounds.prompts_per_round")]
+    if r.on_policy and cfg.pairs.recipe != "persodpo":
+        return [Check("rounds", False, f"rounds.on_policy builds pairs with the persodpo recipe, not "
+                                       f"{cfg.pairs.recipe!r} (or set rounds.on_policy=false)", "pairs.recipe")]
+    names = [g.name for g in cfg.generate.generators]
+    if r.keep_generators and r.policy_name in names:
+        return [Check("rounds", False, f"rounds.policy_name={r.policy_name!r} is also a configured generator",
+                      "rounds.policy_name")]
+    if cfg.pairs.persodpo.off_policy_share and not r.keep_generators:
+        return [Check("rounds", False, "pairs.persodpo.off_policy_share > 0 needs off-policy candidates in rounds 2+: "
+                                       "set rounds.keep_generators=true", "rounds.keep_generators")]
+    if cfg.train.lora.enabled and r.reference == "original":
+        return [Check("rounds", False, "rounds.reference=original needs full fine-tuning (LoRA's reference is the "
+                                       "round's start model with the adapter disabled)", "rounds.reference")]
+    slice_ = (f"fresh slices of {r.prompts_per_round} prompts" if r.prompts == "fresh"
+              else "the same prompts" + (f" (first {r.prompts_per_round})" if r.prompts_per_round else ""))
+    return [Check("rounds", True, f"{n} rounds, {slice_}; policy {r.policy_name!r} x {r.policy_samples} samples "
+                                  f"({r.policy_engine}); reference: {r.reference}")]
 
 
 def raise_on_problems(cfg: PersoDPOConfig) -> None:

@@ -20,6 +20,7 @@ from persodpo.evaluate.config import EvaluateConfig
 from persodpo.generate.config import GenerateConfig
 from persodpo.ingest.config import IngestConfig
 from persodpo.pairs.config import PairsConfig
+from persodpo.rounds.config import RoundsSection
 from persodpo.score.config import ScoreConfig
 from persodpo.sections import Section
 from persodpo.train.config import TrainConfig
@@ -66,6 +67,8 @@ class RunSection(Section):
     root: str = "runs-root"
     run_id: str = "default"
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
+    rounds: int = Field(1, ge=1, le=100, description="iterative DPO: round k+1 generates with round k's model, "
+                                                     "trains on its own best-vs-worst replies (the rounds section)")
 
     @field_validator("stages")
     @classmethod
@@ -90,6 +93,7 @@ class PersoDPOConfig(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    rounds: RoundsSection = Field(default_factory=RoundsSection)
 
 
 def _parse_value(text: str) -> Any:

@@ -18,7 +18,8 @@ from persodpo.config import PersoDPOConfig, section_hash
 def upstream_uris(cfg: PersoDPOConfig, stage: str) -> dict[str, str]:
     """The outputs a stage reads, by role (ingest reads a source file instead: see below)."""
     if stage == "generate":
-        return {"prompts": cfg.generate.input}
+        return {"prompts": cfg.generate.input,
+                **{f"reuse:{i}": uri for i, uri in enumerate(cfg.generate.reuse_from)}}
     if stage == "score":
         return {"candidates": cfg.score.input, "prompts": cfg.score.prompts}
     if stage == "pairs":
@@ -38,12 +39,41 @@ def ingest_input(cfg: PersoDPOConfig) -> str:
     return bundled_sample()
 
 
+def stage_models(cfg: PersoDPOConfig, stage: str) -> dict[str, str]:
+    """The models a stage loads, by role: generate's generators, train's start and reference."""
+    if stage == "generate":
+        from persodpo.local_server import parse_local
+
+        def source(g) -> str:  # a local: server's model is in its api_base, not in the litellm name
+            local = parse_local(g.api_options.api_base) if g.backend == "api" else None
+            return local[1] if local else g.model
+
+        return {f"model:{g.name}": source(g) for g in cfg.generate.generators}
+    if stage == "train":
+        return {"model": cfg.train.model, **({"ref_model": cfg.train.ref_model} if cfg.train.ref_model else {})}
+    return {}
+
+
+def model_lineage(cfg: PersoDPOConfig, stage: str) -> dict[str, str]:
+    """{role: lineage, role-weights: weights digest} of every model ``stage`` loads that a stage made
+    (a train output: an iterative round's policy), so new weights recompute what the old made."""
+    from persodpo.models import stage_model_lineage
+
+    found: dict[str, str] = {}
+    for role, source in stage_models(cfg, stage).items():
+        lin = stage_model_lineage(source, cfg.storage)
+        if lin:
+            found[role] = lin["lineage"]
+            found[role + ":weights"] = lin["weights"]
+    return found
+
+
 def upstream_lineage(cfg: PersoDPOConfig, stage: str) -> dict[str, str]:
     """{role: lineage hash} of what ``stage`` reads now (inputs that are not set are left out)."""
     if stage == "ingest":
         return {"input": lineage.input_fingerprint(ingest_input(cfg), cfg.storage)}
-    return {role: lineage.of_output(uri, cfg.storage)
-            for role, uri in upstream_uris(cfg, stage).items() if uri}
+    return {**{role: lineage.of_output(uri, cfg.storage) for role, uri in upstream_uris(cfg, stage).items() if uri},
+            **model_lineage(cfg, stage)}
 
 
 def expected_lineage(cfg: PersoDPOConfig, stage: str) -> str:

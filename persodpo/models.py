@@ -328,3 +328,53 @@ def resolve_model(source: str) -> str:
             raise FileNotFoundError(f"{source}: a local model directory must contain config.json")
         return str(p.resolve())
     return source  # a hub id: downloaded by transformers / vLLM on the cluster
+
+
+def stage_model_lineage(source: str, storage=None) -> dict[str, str] | None:
+    """What a model made by a stage is: ``{"lineage": ..., "weights": ...}`` (the train output's
+    lineage hash and weights digest from its manifest) when ``source`` is a complete stage output or
+    a published copy of one (its marker names the source), None for any other model (hub id,
+    ``tiny:``, ``packaged:``, a plain folder). Stages that load such a model chain this into their
+    own lineage, so new weights under the same URI recompute what was made with the old ones."""
+    from persodpo import storage as st
+
+    if not (is_remote(source) or os.path.isdir(source)):
+        return None
+    for _ in range(2):  # a published copy names its source once; never a chain
+        if st.is_complete(source, storage):
+            m = st.read_manifest(source, storage)
+            from persodpo.lineage import of_manifest
+
+            return {"lineage": of_manifest(m), "weights": str(m.get("weights_digest"))}
+        marker = st.join(source, _PUBLISHED)
+        if not st.exists(marker, storage):
+            return None
+        try:
+            source = json.loads(st.read_bytes(marker, storage)).get("source") or ""
+        except (ValueError, AttributeError):
+            return None
+        if not (is_remote(source) or os.path.isdir(source)):
+            return None
+    return None
+
+
+def servable_stage_model(uri: str, *, store: str, prefix: str = "", storage=None, fetch: bool = False) -> str:
+    """What generators and trainers load for a model stage output at ``uri`` (a train output).
+
+    A local folder is loaded where it is. One on object storage is published, object to object and
+    without its checkpoints, to ``STORE/<prefix><name>-<version>`` (the version is its lineage, not its URI:
+    a model retrained into the same URI is published again); vLLM engines and
+    :func:`resolve_model` on any node download that copy, so nothing goes through the driver.
+    ``fetch``: also download it here (a ``local:`` server on the driver serves it)."""
+    from persodpo import storage as st
+    from persodpo.lineage import digest, input_fingerprint, of_manifest
+
+    if not st.is_s3(uri):
+        return uri
+    if st.is_complete(uri, storage):
+        version = digest([uri, of_manifest(st.read_manifest(uri, storage))])
+    else:
+        version = digest([uri, input_fingerprint(uri, storage)])
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    published = publish_remote_model(uri, st.join(store, f"{prefix}{name}-{version}"), storage=storage)
+    return resolve_model(published) if fetch else published

@@ -90,10 +90,11 @@ def _prompts(cfg: PersoDPOConfig, tmp: str) -> tuple[str, list[dict]]:
     return c.ingest.output, st.read_table(c.ingest.output).to_pylist()
 
 
-def _answered(cfg: PersoDPOConfig, rows: list[dict], split: str | None, max_prompts: int | None) -> list[dict]:
+def _answered(cfg: PersoDPOConfig, rows: list[dict], split: str | None, max_prompts: int | None,
+              offset: int = 0) -> list[dict]:
     if split is not None:
         rows = [r for r in rows if r.get("split") == split]
-    return rows[:max_prompts] if max_prompts else rows
+    return rows[offset:offset + max_prompts] if max_prompts else rows[offset:]
 
 
 def _done_ids(cfg: PersoDPOConfig, prompts_lineage: str | None) -> set[str]:
@@ -184,7 +185,7 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
 
     g = cfg.generate
     done = _done_ids(cfg, prompts_lineage) if stage == "generate" else set()
-    prompts = _answered(cfg, rows, g.split, g.max_prompts) if stage == "generate" else rows
+    prompts = _answered(cfg, rows, g.split, g.max_prompts, g.prompt_offset) if stage == "generate" else rows
     plan = StagePlan(stage, rows=0)
     cands: list[dict] = []
     walls: list[float | None] = []
@@ -310,8 +311,10 @@ def plan_run(cfg: PersoDPOConfig, pilot: int | None = None) -> list[dict]:
     from persodpo.pipeline import wire
     from persodpo.score.heldout import evaluation_judges
 
+    from persodpo.rounds.wiring import first_round
+
     measured = run_pilot(cfg, pilot) if pilot else None
-    cfg = align_word_limits(wire(cfg))
+    cfg = first_round(align_word_limits(wire(cfg)))   # iterative runs: round 1 (later rounds' policy is not trained yet)
     stages = list(cfg.run.stages)
     plans: list[StagePlan] = []
     with tempfile.TemporaryDirectory(prefix="persodpo-plan-") as tmp:

@@ -141,6 +141,10 @@ def driver_local_problems(cfg, shape: dict) -> list[str]:
     bases = [(f"generate.generators[{i}].api.api_base", g.api_options.api_base)
              for i, g in enumerate(cfg.generate.generators) if g.backend == "api"]
     bases += [(f"score.judges[{i}].api_base", j.api_base) for i, j in enumerate(cfg.score.judges)]
+    if cfg.run.rounds > 1 and cfg.rounds.policy_engine == "transformers":
+        problems.append(f"rounds.policy_engine='transformers' serves each round's policy on the driver's 127.0.0.1, "
+                        f"which actors on the other nodes of this cluster ({where}) cannot reach: use "
+                        "rounds.policy_engine=vllm.")
     for key, base in bases:
         if parse_local(base):
             problems.append(f"{key}={base!r} starts a server on the driver's 127.0.0.1, which actors on the "

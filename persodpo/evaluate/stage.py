@@ -46,34 +46,17 @@ def _held_out_prompts(cfg: PersoDPOConfig) -> pa.Table:
 
 
 def servable_model(uri: str, cfg: PersoDPOConfig) -> str:
-    """What the evaluation generators load for a model stored at ``uri``.
-
-    A model on s3:// is published (object to object, without its checkpoints) to the run's model
-    store as ``eval-<version>``; the vLLM engines download it on their own nodes (ray.data.llm) and
-    so does :func:`persodpo.models.resolve_model` anywhere else: nothing goes through the driver,
-    which on a cluster is another machine. The version is what the folder holds (a train output's
-    lineage), not its URI: a model retrained into the same URI is published again. With
-    ``evaluate.engine: transformers`` the model is served on the driver (a ``local:`` server, for
-    one machine), so it is fetched there."""
+    """What the evaluation generators load for a model stored at ``uri``
+    (:func:`persodpo.models.servable_stage_model`, published as ``eval-<name>-<version>`` in the run's
+    model store). With ``evaluate.engine: transformers`` the model is served on the driver (a
+    ``local:`` server, for one machine), so it is fetched there."""
     if not st.is_s3(uri):
         return uri
-    from persodpo.models import model_store, publish_remote_model, resolve_model
+    from persodpo.models import model_store, servable_stage_model
 
     store = model_store(cfg.run.root, cfg.evaluate.output) or st.join(uri.rstrip("/").rsplit("/", 1)[0], "models")
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    published = publish_remote_model(uri, st.join(store, f"eval-{name}-{model_version(uri, cfg)}"),
-                                     storage=cfg.storage)
-    return resolve_model(published) if cfg.evaluate.engine == "transformers" else published
-
-
-def model_version(uri: str, cfg: PersoDPOConfig) -> str:
-    """A short id of the weights at ``uri``: its lineage when it is a stage output, else a
-    fingerprint of its files (sizes and modification times)."""
-    from persodpo.lineage import digest, input_fingerprint, of_manifest
-
-    if st.is_complete(uri, cfg.storage):
-        return digest([uri, of_manifest(st.read_manifest(uri, cfg.storage))])
-    return digest([uri, input_fingerprint(uri, cfg.storage)])
+    return servable_stage_model(uri, store=store, prefix="eval-", storage=cfg.storage,
+                                fetch=cfg.evaluate.engine == "transformers")
 
 
 def models_to_evaluate(cfg: PersoDPOConfig) -> list[tuple[str, str]]:

@@ -152,6 +152,11 @@ class GenerateConfig(Section):
     split: str | None = Field(None, description="answer only prompts of this split (e.g. train, keeping the "
                                                 "held-out split for evaluation); null: all")
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (demos, smoke tests)")
+    prompt_offset: int = Field(0, ge=0, description="skip the first N prompts (of the split) before max_prompts "
+                                                    "applies: one slice of the prompts, e.g. a round's fresh prompts")
+    reuse_from: list[str] = Field(default_factory=list, description="complete candidates tables (earlier runs, "
+                                  "an earlier round) whose candidates of an identical generator (same settings, "
+                                  "template and word limit) for the same prompts are copied instead of generated")
     budget_usd: float | None = Field(None, gt=0, description="a cap on what all API generators spend together: each "
                                                              "request reserves its worst-case cost first (litellm's "
                                                              "prices or the registered ones); one that could pass the "

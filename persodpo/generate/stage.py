@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 ATTEMPT = "_attempt.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 # Settings that do not change what a candidate is: a resumed run may differ in these.
-_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "output", "discard_stale", "budget_usd"}
+_NOT_HASHED = {"rows_per_part", "resume", "max_prompts", "prompt_offset", "output", "discard_stale", "budget_usd",
+               "reuse_from"}
 _REQUIRED = ("prompt_id", "persona", "history")
 
 
@@ -41,9 +42,10 @@ def attempt_hash(cfg: PersoDPOConfig) -> str:
 
 
 # -- prompts ---------------------------------------------------------------------------------
-def load_prompt_ids(uri: str, storage, max_prompts: int | None, split: str | None = None) -> list[str]:
-    """The prompt ids (of ``split`` when given), checked: required columns present, ids unique and
-    non-null."""
+def load_prompt_ids(uri: str, storage, max_prompts: int | None, split: str | None = None,
+                    offset: int = 0) -> list[str]:
+    """The prompt ids (of ``split`` when given; from the ``offset``-th on), checked: required
+    columns present, ids unique and non-null."""
     parts = st.part_uris(uri, storage)
     fs, _ = st.resolve(uri, storage)
     ids: list[str] = []
@@ -66,14 +68,20 @@ def load_prompt_ids(uri: str, storage, max_prompts: int | None, split: str | Non
         if split is not None:
             t = t.filter(pc.equal(t.column("split"), split))
         ids.extend(t.column("prompt_id").to_pylist())
-        if max_prompts and len(ids) >= max_prompts:
+        if max_prompts and len(ids) >= offset + max_prompts:
             break
-    ids = ids[:max_prompts] if max_prompts else ids
+    n_all = len(ids)
+    ids = ids[offset:offset + max_prompts] if max_prompts else ids[offset:]
     seen: set[str] = set()
     for pid in ids:
         if pid in seen:
             raise InputError("duplicate prompt_id (ids must be unique)", file=uri, record=pid, field="prompt_id")
         seen.add(pid)
+    if not ids and offset and n_all:
+        raise InputError(f"generate.prompt_offset={offset} skips all {n_all} prompt(s)"
+                         + (f" of split {split!r}" if split is not None else "")
+                         + " (rounds with fresh prompts: fewer rounds, or a smaller rounds.prompts_per_round)",
+                         file=uri, field="prompt_id")
     if not ids:
         raise InputError("the prompts table has no rows" + (f" of split {split!r}" if split is not None else ""),
                          file=uri, field="split" if split is not None else None)
@@ -161,6 +169,57 @@ def open_output(cfg: PersoDPOConfig, prompts_lineage: str | None = None) -> tupl
             done[cid] = gen
     log.info("resuming: %d finished candidate(s) in %d part(s) kept", len(done), len(out.parts))
     return out, done, next_index
+
+
+def _generator_identity(gen: dict, g: dict) -> dict:
+    """What makes a generator's candidates what they are (its settings, template, word limit)."""
+    return {"generator": {k: v for k, v in gen.items() if k != "budget_usd"},
+            "template": gen.get("template") or g.get("template"), "word_limit": g.get("word_limit")}
+
+
+def reuse_candidates(cfg: PersoDPOConfig, out: st.StageOutput, done: dict[str, str], prompt_ids: list[str],
+                     upstream: dict[str, str], next_index: int) -> tuple[dict[str, int], int]:
+    """Copy, from each complete table of ``generate.reuse_from``, the finished candidates of an
+    identical generator (same settings, template and word limit, and the same model lineage when a
+    stage made its model) that answer the same prompts (same prompts lineage) and are not written
+    yet. Returns {generator: rows copied} and the next part index."""
+    g = cfg.generate
+    mine = {gen.name: _generator_identity(gen.model_dump(mode="json"), g.model_dump(mode="json"))
+            for gen in g.generators}
+    copied: Counter = Counter()
+    for uri in g.reuse_from:
+        if not st.is_complete(uri, cfg.storage):
+            raise InputError("generate.reuse_from: not a complete candidates table (no _SUCCESS)", file=uri)
+        m = st.read_manifest(uri, cfg.storage)
+        theirs_up = (m.get("lineage") or {}).get("upstream") or {}
+        if theirs_up.get("prompts") != upstream["prompts"]:
+            log.info("reuse_from %s: made from other prompts, nothing reused", uri)
+            continue
+        conf = m.get("config") or {}
+        same = [n for n, ident in mine.items()
+                if any(_generator_identity(t, conf) == ident for t in conf.get("generators", []))
+                and theirs_up.get(f"model:{n}") == upstream.get(f"model:{n}")]
+        wanted = {cid: name for name in same for gen in g.generators if gen.name == name
+                  for cid in planned_ids(prompt_ids, name, gen.samples) if cid not in done}
+        if not wanted:
+            continue
+        fs, _ = st.resolve(uri, cfg.storage)
+        for part in st.part_uris(uri, cfg.storage):
+            t = pq.read_table(st.resolve(part, cfg.storage)[1], filesystem=fs)
+            keep = pc.and_(pc.is_in(t.column("candidate_id"), pa.array(list(wanted))),
+                           pc.not_equal(t.column("parse_status"), candidates.ERROR))
+            t = t.filter(keep)
+            if t.num_rows == 0:
+                continue
+            out.write_table(contracts.conform(t, candidates.SCHEMA, name="candidates"),
+                            name=f"part-{next_index:05d}.parquet")
+            next_index += 1
+            for cid, gen in zip(t.column("candidate_id").to_pylist(), t.column("generator").to_pylist()):
+                done[cid] = gen
+                wanted.pop(cid, None)
+                copied[gen] += 1
+        log.info("reuse_from %s: %d candidate(s) of %s copied", uri, sum(copied.values()), same)
+    return dict(copied), next_index
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -257,16 +316,22 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     for gen in g.generators:  # a missing key is a clear error before anything starts
         if gen.backend == "api" and not parse_local(gen.api_options.api_base):
             gen.endpoint().api_key()
-    prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts, g.split)
+    prompt_ids = load_prompt_ids(g.input, cfg.storage, g.max_prompts, g.split, g.prompt_offset)
 
     from persodpo.raycluster import init_ray, read_output
 
-    from persodpo.lineage import of_output
+    from persodpo.lineage import digest, of_output
+    from persodpo.manifest import model_lineage, upstream_lineage
 
     prompts_lineage = of_output(g.input, cfg.storage)
+    upstream = {**upstream_lineage(cfg, "generate"), "prompts": prompts_lineage}
+    models = model_lineage(cfg, "generate")
     init_ray(cfg.ray, cfg.storage)
-    out, done, next_index = open_output(cfg, prompts_lineage)
+    # A generator's model made by a stage (an iterative round's policy) is part of what the kept
+    # parts answered: new weights under the same URI start afresh.
+    out, done, next_index = open_output(cfg, digest([prompts_lineage, models]) if models else prompts_lineage)
     kept = Counter(done.values())
+    reused, next_index = reuse_candidates(cfg, out, done, prompt_ids, upstream, next_index) if g.reuse_from else ({}, next_index)
     todo, planned = [], {}
     for gen in g.generators:
         ids = planned_ids(prompt_ids, gen.name, gen.samples)
@@ -281,7 +346,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     if todo:
         prompts = read_output(g.input, cfg.storage)
         # max_prompts: the first N in the table's order, chosen here (Ray's limit() may pick any N).
-        only = frozenset(prompt_ids) if g.max_prompts or g.split is not None else None
+        only = frozenset(prompt_ids) if g.max_prompts or g.split is not None or g.prompt_offset else None
         ledgers = budget_ledgers(g, todo)
         with contextlib.ExitStack() as stack:
             ds = _datasets(cfg, prompts, todo, frozenset(done), only, stack, ledgers)
@@ -312,13 +377,15 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         "cost_usd": round(sum(d["cost_usd"] for d in per.values()), 6),
         **({"budget": budget} if budget else {}),
     }
-    out.commit(stage_manifest(cfg, "generate", upstream={"prompts": prompts_lineage}, input=g.input,
+    out.commit(stage_manifest(cfg, "generate", upstream=upstream, input=g.input,
                               word_limit=g.word_limit, n_prompts=len(prompt_ids), templates=templates,
                               generators=per, resumed_rows=sum(kept.values()), new_rows=written,
+                              reused_rows=reused or None, model_lineage=models or None,
                               first_error=s["first_error"] or None, **totals))
     log.info("generate: %d candidates (%d new, %d kept from an interrupted run), %d errors -> %s",
              s["rows"], written, sum(kept.values()), total_errors, g.output)
     return {"stage": "generate", "input": g.input, "output": g.output, "n_prompts": len(prompt_ids),
             "templates": templates, "rows_per_generator": {n: d["rows"] for n, d in per.items()},
             "errors_per_generator": {n: d["errors"] for n, d in per.items()}, **totals,
-            "new_rows": written, "resumed_rows": sum(kept.values()), "per_generator": per, "wall_time_s": wall}
+            "new_rows": written, "resumed_rows": sum(kept.values()), "reused_rows": reused,
+            "per_generator": per, "wall_time_s": wall}

@@ -240,6 +240,13 @@ def markdown(stats: dict, *, config: dict, versions: dict, inputs: dict, images:
                   f"{v['checked']} content pairs checked against the pairwise judgments (both orders); {v['kept']} "
                   f"kept, {v['dropped_total']} dropped:", "",
                   _table([(k, n) for k, n in v["dropped"].items()], ("reason", "pairs dropped"))]
+    if rs.get("on_policy"):
+        o = rs["on_policy"]
+        parts += ["", "## On-policy pairs (iterative DPO)", "",
+                  f"Pairs among the {o['n_policy_candidates']} replies of the policy `{o['policy_generator']}` "
+                  f"(the previous round's model): {o['n_content_pairs']} content and {o['n_format_pairs']} format "
+                  f"pairs; {o['n_off_policy_pairs']} off-policy content pairs mixed in (off_policy_share "
+                  f"{o['off_policy_share']})."]
     if "json_bonus_fired" in rs:
         parts += ["", f"JSON bonus: fired for {rs['json_bonus_fired']} of {rs.get('n_pool')} outputs "
                       f"({rs.get('json_bonus_texts_with_response_key')} extracted texts contain `\"response\"` at all). "

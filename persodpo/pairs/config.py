@@ -117,6 +117,12 @@ class PersoDPORecipeConfig(Section):
     generator_families: dict[str, str] = Field(
         default_factory=dict, description="generator -> family; default: the generator name's leading letters")
     seed: int = 0
+    on_policy: bool = Field(False, description="pairs among the policy's own samples only (iterative DPO: each "
+                                               "prompt's best vs worst reply of `policy_generator`, normalised "
+                                               "among them), mixed with off-policy pairs by off_policy_share")
+    policy_generator: str = Field("policy", description="on_policy: the generator whose samples are the policy's")
+    off_policy_share: float = Field(0.0, ge=0, lt=1, description="on_policy: this share of the content pairs comes "
+                                                                 "from the other generators' candidates (0: none)")
     verify: Literal["none", "pairwise"] = Field(
         "none", description="pairwise: keep a content pair only when its chosen reply won both orders of every "
                             "pairwise judgment of the pair (score.panel.pairwise); the data card counts the dropped")

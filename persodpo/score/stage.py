@@ -161,7 +161,8 @@ def _check_judges(judges: list, panel) -> None:
                               key=f"score.judges.{k}.params")
 
 
-def _cache_uri(c) -> str | None:
+def judge_cache_uri(c) -> str | None:
+    """Where the judge cache of the score section ``c`` lives (None: no cache)."""
     cache = c.panel.cache
     if cache in (None, "", "off", "none"):
         return None
@@ -205,7 +206,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
         raise ConfigError("two metrics or judges write the same column", key="score.metrics")
     _check_judges(judges, c.panel)
     prompts, n_candidates = _check_inputs(cfg, metrics, judges)
-    cache_uri = _cache_uri(c) if judges else None
+    cache_uri = judge_cache_uri(c) if judges else None
 
     from persodpo.local_server import local_servers
 

@@ -38,6 +38,9 @@ class TrainConfig(Section):
     # -- model ---------------------------------------------------------------------------------
     model: str = Field("packaged:smollm2-135m-instruct",
                        description="hub id, local dir, packaged:smollm2-135m-instruct or tiny:<arch> (persodpo.models)")
+    ref_model: str | None = Field(None, description="DPO reference model (same sources as model); null: the model "
+                                                    "training starts from. Iterative rounds set it for "
+                                                    "rounds.reference: original")
     lora: LoraSection = Field(default_factory=LoraSection)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
@@ -136,6 +139,9 @@ class TrainConfig(Section):
                              "(they sort the pairs of a batch)")
         if self.margin_weight_min > self.margin_weight_max:
             raise ValueError("margin_weight_min is larger than margin_weight_max")
+        if self.ref_model is not None and self.lora.enabled:
+            raise ValueError("ref_model cannot be combined with lora.enabled (LoRA's reference is the base model "
+                             "with the adapter disabled)")
         if self.offload_params and self.zero_stage not in (3, "auto"):
             raise ValueError("offload_params needs zero_stage=3")
         if (self.offload_optimizer or self.offload_params) and self.zero_stage == 0:

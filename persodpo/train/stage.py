@@ -125,11 +125,18 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     from persodpo.train.worker import train_loop
 
     pairs_manifest = st.read_manifest(c.input, cfg.storage)
-    from persodpo.lineage import of_manifest, weights_digest
+    from persodpo.lineage import digest, of_manifest, weights_digest
 
     pairs_lineage = of_manifest(pairs_manifest)
+    from persodpo.manifest import model_lineage
+
+    # A start (or reference) model made by a stage, an iterative round's policy, is part of the lineage.
+    upstream = {"pairs": pairs_lineage, **model_lineage(cfg, "train")}
     init_ray(cfg.ray, cfg.storage)
-    _check_tokenizer(resolve_model(c.model), c.model)
+    start_path = resolve_model(c.model)
+    _check_tokenizer(start_path, c.model)
+    # The weights training starts from (a local folder: the start model, or its copy on this node).
+    start_digest = weights_digest(start_path, cfg.storage) if os.path.isdir(start_path) else None
     # Materialised on the driver: workers then only fetch blocks, and Ray Data read tasks cannot
     # starve behind the training workers when they hold every CPU (DESIGN.md section 7).
     ds = read_output(c.input, cfg.storage, include_paths=True).materialize()
@@ -146,7 +153,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
 
         use_gpu = connected_cluster_has_gpus()
     resources = c.resources_per_worker or ({"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1})
-    name = run_name(cfg, pairs_lineage)
+    name = run_name(cfg, digest([pairs_lineage, upstream]) if len(upstream) > 1 else pairs_lineage)
     # resume=True keeps checkpoints/ (a restarted run continues from them); only _SUCCESS and the
     # previous run's summary go, so nothing of an older run can pass for this one's result.
     out = st.StageOutput(c.output, cfg.storage, resume=True).begin()
@@ -193,12 +200,13 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
     tokens_per_s = [m["tokens_per_s"] for m in history if "tokens_per_s" in m]
     checkpoint = result.checkpoint.path if result.checkpoint else None
     fields = dict(run_name=name, pairs_uri=c.input, pairs=pairs, rows=pairs["used"], model=c.model,
+                  ref_model=c.ref_model or c.model, start_weights_digest=start_digest,
                   weights_digest=weights_digest(c.output, cfg.storage),
                   checkpoints=st.join(c.output, "checkpoints", name), last_checkpoint=checkpoint,
                   first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                   mean_tokens_per_s=sum(tokens_per_s) / len(tokens_per_s) if tokens_per_s else None,
                   **summary)
-    out.commit(stage_manifest(cfg, "train", upstream={"pairs": pairs_lineage}, **fields))
+    out.commit(stage_manifest(cfg, "train", upstream=upstream, **fields))
     log.info("train: %s steps, loss %s -> %s, model in %s", summary.get("global_step"), fields["first_loss"],
              fields["last_loss"], c.output)
     return {"stage": "train", "output": c.output, "input": c.input, "run_name": name, "n_pairs": pairs["used"],
@@ -208,4 +216,5 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             "mean_tokens_per_s": fields["mean_tokens_per_s"], "sync_check": summary.get("sync_check"),
             "world_size": summary.get("world_size"), "zero_stage": summary.get("zero_stage"),
             "zero_stage_reason": summary.get("zero_stage_reason"), "weights_digest": fields["weights_digest"],
+            "start_weights_digest": start_digest,
             "wall_time_s": round(time.time() - t0, 2)}

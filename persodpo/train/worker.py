@@ -178,9 +178,16 @@ def train_loop(config: dict) -> None:
     if c.sync_check and world > 1 and c.zero_stage < 3:
         callbacks.append(SyncCheck(sync_record))
     trainer_cls = trainer_class(weighted=weights_fn is not None, group_by_length=c.group_by_length)
-    trainer = trainer_cls(model=model_path, args=dpo_args(c, output_dir=out_dir, world_size=world, on_gpu=on_gpu),
-                          train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(c),
-                          callbacks=callbacks)
+    args = dpo_args(c, output_dir=out_dir, world_size=world, on_gpu=on_gpu)
+    ref_model = None
+    if c.ref_model:
+        # Loaded like TRL loads its own reference (after the args: under ZeRO-3 it is partitioned too).
+        from trl.trainer.utils import create_model_from_path
+
+        ref_model = create_model_from_path(resolve_model(c.ref_model), **{**(args.model_init_kwargs or {}),
+                                                                           "device_map": None})
+    trainer = trainer_cls(model=model_path, ref_model=ref_model, args=args, train_dataset=train_dataset,
+                          processing_class=tokenizer, peft_config=lora_config(c), callbacks=callbacks)
 
     # TRL drops pairs whose prompt alone fills max_length; with none left the sampler fails obscurely.
     kept = len(trainer.train_dataset)

@@ -61,3 +61,32 @@ def test_reading_an_incomplete_s3_output_is_refused(s3_env):
     out.write_table(pa.table({"x": [1]}))
     with pytest.raises(StorageError, match="not a complete stage output"):
         st.read_table(uri)
+
+
+def test_a_rounds_model_on_s3_is_published_without_checkpoints_and_keeps_its_lineage(s3_env, tmp_path, monkeypatch):
+    """Iterative DPO on object storage: the next round's policy and trainer load a copy of the
+    round's train output without its checkpoints (object to object), and the lineage of that copy
+    is the train output's (lineage hash and weights digest), so later rounds chain it."""
+    from persodpo.config import load_config
+    from persodpo.models import resolve_model, stage_model_lineage
+    from persodpo.rounds.wiring import policy_model
+
+    root = f"s3://{s3_env['bucket']}/iter"
+    train = st.join(root, "runs", "r", "train")
+    out = st.StageOutput(train).begin()
+    out.write_file("config.json", '{"model_type": "llama"}')
+    out.write_file("model.safetensors", b"weights" * 100)
+    out.write_file("checkpoints/dpo-x/checkpoint_000001/model.safetensors", b"old" * 1000)
+    out.commit({"stage": "train", "weights_digest": "w123", "lineage": {"hash": "L1", "upstream": {}}})
+    cfg = load_config(None, [f"run.root={root}", "run.rounds=2"])
+    published = policy_model(cfg, train)
+    assert published.startswith(st.join(root, "models", "policy-train-")), published
+    assert policy_model(cfg, train) == published                          # once per version
+    assert stage_model_lineage(published) == stage_model_lineage(train) == {"lineage": "L1", "weights": "w123"}
+    monkeypatch.setenv("PERSODPO_CACHE_DIR", str(tmp_path / "worker-node"))
+    local = resolve_model(published)
+    from pathlib import Path
+
+    assert sorted(p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()) == [
+        ".complete", ".published", "config.json", "model.safetensors"]   # no checkpoints/, no manifest
+    assert open(f"{local}/model.safetensors", "rb").read() == b"weights" * 100

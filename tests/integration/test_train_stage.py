@@ -10,6 +10,7 @@ one process by plain TRL (no DeepSpeed, no Ray): data parallelism must reproduce
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,7 +65,12 @@ def _single_process_losses(tmp_path: Path, overrides: list[str], table=None) -> 
     args.save_strategy = "no"
     path = resolve_model(c.model)
     cls = trainer_class(weighted=weights is not None, group_by_length=c.group_by_length)   # the same sampler
-    t = cls(model=path, args=args, train_dataset=datasets.Dataset(datasets.table.InMemoryTable(rows)),
+    ref = None
+    if c.ref_model:
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(resolve_model(c.ref_model))
+    t = cls(model=path, ref_model=ref, args=args, train_dataset=datasets.Dataset(datasets.table.InMemoryTable(rows)),
             processing_class=AutoTokenizer.from_pretrained(path))
     t.train()
     return [h["loss"] for h in t.state.log_history if "loss" in h]
@@ -74,12 +80,15 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     import pyarrow.fs as pafs
 
     from persodpo import storage as st
+    from persodpo.lineage import weights_digest
+    from persodpo.models import resolve_model
 
     bucket = s3_env["bucket"]
     pairs_uri, out_uri = f"s3://{bucket}/pairs", f"s3://{bucket}/dpo"
     write_pairs(pairs_uri, easy_pairs(N_PAIRS))
+    # The DPO reference is another model than the one trained (iterative rounds' reference: original).
     rc, s, err = _run_cli(["--input", pairs_uri, "--output", out_uri, "--set", "train.zero_stage=auto",
-                           "--set", "train.margin_weighting=linear"])
+                           "--set", "train.margin_weighting=linear", "--set", "train.ref_model=tiny:qwen2"])
     assert rc == 0, err[-3000:]
     assert s["ok"] and s["global_step"] == STEPS and s["world_size"] == 2 and s["n_pairs"] == N_PAIRS
     # auto on CPU with 2 workers: ZeRO-2 (the verified gloo path), agreed by both ranks.
@@ -101,8 +110,10 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
         assert len(c["digests"]) == 2 and c["digests"][0] == c["digests"][1] and c["changed_since_start"], c
     assert checks[0]["digests"] != checks[1]["digests"]
 
-    # ... and reproduce the single-process loss curve of the same global batch (margin weights too).
-    single = _single_process_losses(tmp_path, ["train.margin_weighting=linear"])
+    # ... and reproduce the single-process loss curve of the same global batch (margin weights and
+    # the other reference too: step 1's loss is not ln 2, the policy is not its reference).
+    assert abs(losses[0] - math.log(2)) > 1e-3, losses
+    single = _single_process_losses(tmp_path, ["train.margin_weighting=linear", "train.ref_model=tiny:qwen2"])
     assert single == pytest.approx(losses, rel=1e-4), (single, losses)
 
     # The model, its card, metrics, TensorBoard and resumable checkpoints are in the bucket.
@@ -122,13 +133,13 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     manifest = json.loads(st.read_bytes(f"{out_uri}/_manifest.json"))
     assert manifest["stage"] == "train" and manifest["pairs_uri"] == pairs_uri and manifest["global_step"] == STEPS
     assert manifest["zero_stage"] == 2 and "host memory" in manifest["zero_stage_reason"]
+    assert manifest["ref_model"] == "tiny:qwen2" and manifest["start_weights_digest"] == weights_digest(
+        resolve_model("tiny:llama")) != manifest["weights_digest"]
     assert f"{ckpt}/persodpo_run.json" in files        # a resumed auto run keeps this stage
 
     # The written model loads and differs from the base model.
     import torch
     from transformers import AutoModelForCausalLM
-
-    from persodpo.models import resolve_model
 
     local = tmp_path / "model"
     pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())

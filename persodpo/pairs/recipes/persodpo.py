@@ -16,6 +16,10 @@
   at least ``min_margin`` below it: the worst ones (``best-worst``) or random ones
   (``best-random``). Ties (same score) never make a pair; equal best scores are broken by a
   seeded hash of the candidate id, so reruns pick the same.
+- **On-policy (iterative DPO).** With ``on_policy`` the pairs are built among the policy
+  generator's own samples only (normalised among them, the best against the worst or random
+  lower ones), and ``off_policy_share`` of the content pairs may come from the other generators'
+  candidates (the best pairs by margin); the stats count both.
 - **Balance (optional).** ``balance_length`` gives each prompt a target (half: chosen shorter,
   half: chosen longer, by a hash of the prompt id) and prefers eligible rejected that meet it, so
   length cannot decide the pairs; ``prefer_same_family`` prefers a rejected of the chosen's
@@ -166,6 +170,49 @@ def family_codes(pool: pd.DataFrame, families: dict[str, str] | None) -> np.ndar
 
 
 def run(pool: pd.DataFrame, rc, pairs_cfg):
+    from persodpo.pairs.recipes import RecipeResult
+
+    if not rc.on_policy:
+        return run_pool(pool, rc, pairs_cfg)
+    mine = pool["generator"].eq(rc.policy_generator).to_numpy()
+    on_sel, on_scores, on_stats = _run_subset(pool, mine, rc, pairs_cfg)
+    parts, scores = [on_sel], [on_scores]
+    n_on = int((on_sel["pair_type"] == "content").sum())
+    stats = {**on_stats, "on_policy": {"policy_generator": rc.policy_generator,
+                                       "n_policy_candidates": int(mine.sum()), "n_content_pairs": n_on,
+                                       "n_format_pairs": int((on_sel["pair_type"] == "format").sum()),
+                                       "off_policy_share": rc.off_policy_share, "n_off_policy_pairs": 0}}
+    if rc.off_policy_share > 0 and n_on:
+        off_sel, off_scores, _ = _run_subset(pool, ~mine, rc, pairs_cfg)
+        off = off_sel[off_sel["pair_type"] == "content"]
+        want = int(np.floor(rc.off_policy_share * n_on / (1 - rc.off_policy_share) + 1e-9))
+        off = off.assign(margin=off["score_chosen"] - off["score_rejected"]).sort_values(
+            ["margin", "chosen", "rejected"], ascending=[False, True, True], kind="mergesort").head(want)
+        parts.append(off.drop(columns="margin"))
+        scores.append(off_scores)
+        stats["on_policy"]["n_off_policy_pairs"] = int(len(off))
+    if not mine.any():
+        import logging
+
+        logging.getLogger(__name__).warning("pairs.persodpo.on_policy: no candidate of generator %r: no on-policy pairs",
+                                            rc.policy_generator)
+    sel = pd.concat(parts, ignore_index=True)
+    return RecipeResult(sel, pd.concat(scores).reindex(pool.index), stats)
+
+
+def _run_subset(pool: pd.DataFrame, mask: np.ndarray, rc, pairs_cfg) -> tuple[pd.DataFrame, pd.Series, dict]:
+    """The recipe on the rows in ``mask`` alone (scores normalised among them), its selection in
+    positions of the whole pool."""
+    original = pool.index.to_numpy()[mask]
+    res = run_pool(pool[mask].reset_index(drop=True), rc, pairs_cfg)
+    sel = res.selection.copy()
+    sel["chosen"] = original[sel["chosen"].to_numpy()] if len(sel) else sel["chosen"]
+    sel["rejected"] = original[sel["rejected"].to_numpy()] if len(sel) else sel["rejected"]
+    return sel, pd.Series(res.scores.to_numpy(), index=original, dtype="float64"), res.stats
+
+
+def run_pool(pool: pd.DataFrame, rc, pairs_cfg):
+    """The recipe on the whole pool (on_policy aside)."""
     from persodpo.pairs.recipes import RecipeResult
 
     metrics = list(rc.weights)

@@ -1,0 +1,1 @@
+"""Iterative DPO: rounds of generate -> score -> pairs -> train from the previous round's model."""
