@@ -61,9 +61,10 @@ def hf_responder(model_path: str, max_new_tokens: int = 32) -> Responder:
 class OpenAIServer:
     def __init__(self, responder: Responder | None = None, *, latency_s: float = 0.0, fault_mix: dict | None = None,
                  seed: int = 0, retry_after_s: float = 1, slow_s: float = 30.0, model_name: str = "loopback",
-                 rpm_limit: float | None = None):
+                 rpm_limit: float | None = None, latency_fn: Callable[[random.Random], float] | None = None):
         self.responder = responder or echo_json()
         self.latency_s, self.fault_mix, self.retry_after_s, self.slow_s = latency_s, fault_mix or {}, retry_after_s, slow_s
+        self.latency_fn = latency_fn   # a latency distribution (benchmarks); latency_s when None
         self.model_name = model_name
         # A provider's quota: requests beyond rpm_limit are answered 429. Its bucket holds five
         # seconds' worth (providers count per minute), so a client pacing at the limit is not
@@ -132,8 +133,9 @@ class OpenAIServer:
             kind = "429" if self._over_quota() else self._choose(prompt)
             self.stats["requests"] += 1
             self.stats[kind] += 1
-            if self.latency_s:
-                await asyncio.sleep(self.latency_s)
+            delay = self.latency_fn(self.rng) if self.latency_fn else self.latency_s
+            if delay:
+                await asyncio.sleep(delay)
             if kind == "429":
                 return web.json_response({"error": {"message": "rate limited", "type": "rate_limit_error"}},
                                          status=429, headers={"Retry-After": str(self.retry_after_s)})
@@ -158,6 +160,9 @@ class OpenAIServer:
             if kind == "truncated":
                 return web.Response(text=raw[: len(raw) // 2], content_type="application/json")
             self.stats["ok_responses"] += 1
+            # The provider's own accounting of what it billed (benchmarks compare it to the run's cost).
+            self.stats["prompt_tokens"] += payload["usage"]["prompt_tokens"]
+            self.stats["completion_tokens"] += payload["usage"]["completion_tokens"]
             return web.Response(text=raw, content_type="application/json")
         finally:
             self.in_flight -= 1
