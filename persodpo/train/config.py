@@ -44,7 +44,9 @@ class TrainConfig(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        False, description="auto: on only when one pair does not fit the device without it "
+                           "(persodpo.train.memory.choose_micro_batch)")
     attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2; None: transformers' "
                                                               "default; FlashAttention falls back to sdpa on CPU")
     liger: bool = Field(False, description="Liger's fused layer kernels through TRL (GPU only; ignored with a "
@@ -81,8 +83,13 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     optim: str = Field("adamw_torch", description="transformers optimizer name")
     max_grad_norm: float = Field(1.0, ge=0)
-    per_device_batch_size: int = Field(4, ge=1, description="pairs per worker per micro-step")
-    gradient_accumulation_steps: int = Field(4, ge=1)
+    per_device_batch_size: int | Literal["auto"] = Field(
+        4, description="pairs per worker per micro-step; auto: the largest divisor of pairs_per_worker_step whose "
+                       "activations fit the device beside the model states (persodpo.train.memory), with "
+                       "gradient_accumulation_steps = pairs_per_worker_step / it")
+    gradient_accumulation_steps: int = Field(4, ge=1, description="ignored with per_device_batch_size: auto")
+    pairs_per_worker_step: int = Field(16, ge=1, description="per_device_batch_size: auto only: pairs per worker "
+                                                             "per optimizer step (micro-batch x accumulation)")
     num_epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides num_epochs")
     seed: int = 42
@@ -123,6 +130,13 @@ class TrainConfig(Section):
         bad = [t for t in v if t not in LOSS_TYPES]
         if bad or not v:
             raise ValueError(f"unknown loss type(s) {bad}; known: {list(LOSS_TYPES)}")
+        return v
+
+    @field_validator("per_device_batch_size")
+    @classmethod
+    def _positive_batch(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError("must be >= 1 or auto")
         return v
 
     @field_validator("report_to")

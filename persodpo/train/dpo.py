@@ -51,6 +51,9 @@ def dpo_args(c: "TrainConfig", *, output_dir: str, world_size: int, on_gpu: bool
 
     if c.zero_stage == "auto":
         raise ValueError("train.zero_stage=auto must be resolved first (persodpo.train.worker.resolve_zero_stage)")
+    if "auto" in (c.per_device_batch_size, c.gradient_checkpointing):
+        raise ValueError("train.per_device_batch_size / gradient_checkpointing=auto must be resolved first "
+                         "(persodpo.train.worker.resolve_batch)")
     precision = resolve_precision(c.precision, on_gpu)
     ds = None
     if c.zero_stage:

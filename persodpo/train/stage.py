@@ -63,9 +63,11 @@ def check_input(cfg: PersoDPOConfig, ds) -> dict:
                          field="pair_type")
     if c.margin_weighting != "none" and not stats.margin_max > 0:
         raise InputError("every margin is 0: margin weighting is undefined", file=c.input, field="margin")
-    if stats.used < c.num_workers * c.per_device_batch_size:
+    # auto: the micro-batch is chosen on the workers, at least 1.
+    micro = 1 if c.per_device_batch_size == "auto" else c.per_device_batch_size
+    if stats.used < c.num_workers * micro:
         raise InputError(f"{stats.used} pairs are fewer than one global batch ({c.num_workers} workers x "
-                         f"{c.per_device_batch_size})", file=c.input)
+                         f"{micro})", file=c.input)
     return stats.as_dict()
 
 
@@ -215,6 +217,9 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             "first_loss": fields["first_loss"], "last_loss": fields["last_loss"], "losses": _thin(losses),
             "mean_tokens_per_s": fields["mean_tokens_per_s"], "sync_check": summary.get("sync_check"),
             "world_size": summary.get("world_size"), "zero_stage": summary.get("zero_stage"),
-            "zero_stage_reason": summary.get("zero_stage_reason"), "weights_digest": fields["weights_digest"],
+            "zero_stage_reason": summary.get("zero_stage_reason"),
+            **{k: summary.get(k) for k in ("per_device_batch_size", "gradient_accumulation_steps",
+                                           "gradient_checkpointing", "batch_reason")},
+            "weights_digest": fields["weights_digest"],
             "start_weights_digest": start_digest,
             "wall_time_s": round(time.time() - t0, 2)}

@@ -75,6 +75,41 @@ def resolve_zero_stage(c, *, model_path: str, world: int, on_gpu: bool, local_ra
         offload_params=c.offload_params)
 
 
+BATCH_KEYS = ("per_device_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")
+
+
+def resolve_batch(c, *, model_path: str, world: int, on_gpu: bool, local_rank: int, local_world: int,
+                  resumed: dict | None) -> dict:
+    """train.per_device_batch_size / gradient_checkpointing as values, with the estimate and why
+    (``c.zero_stage`` already resolved). A resumed run keeps what its checkpoint was written with:
+    another micro-batch would change the batches the remaining steps see."""
+    from persodpo.train.dpo import resolve_precision
+    from persodpo.train.memory import choose_micro_batch, model_shape
+    from persodpo.train.zero import count_parameters, state_bytes
+
+    if "auto" not in (c.per_device_batch_size, c.gradient_checkpointing):
+        return {**{k: getattr(c, k) for k in BATCH_KEYS}, "batch_reason": "set in the train section"}
+    if resumed and all(k in resumed for k in BATCH_KEYS):
+        return {**{k: resumed[k] for k in BATCH_KEYS},
+                "batch_reason": "what the resumed checkpoint was written with"}
+    precision = resolve_precision(c.precision, on_gpu)
+    n, trainable = count_parameters(model_path, lora_trainable=0.01 if c.lora.enabled else None)
+    states = state_bytes(int(c.zero_stage), n_params=n, trainable=trainable, world_size=world, precision=precision,
+                         ref_copy=not (c.lora.enabled or c.precompute_ref_log_probs),
+                         offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
+    shape = model_shape(model_path)
+    seq_len = c.max_length or 4096
+    if c.per_device_batch_size == "auto":
+        pairs_per_step, fixed = c.pairs_per_worker_step, None
+    else:   # only checkpointing is auto: the batch is the configured one
+        fixed = c.per_device_batch_size
+        pairs_per_step = fixed * c.gradient_accumulation_steps
+    return choose_micro_batch(
+        shape=shape, seq_len=seq_len, states_bytes=states, precision=precision, on_gpu=on_gpu,
+        device_bytes=_min_over_ranks(_device_bytes(on_gpu, local_rank, local_world), on_gpu),
+        pairs_per_step=pairs_per_step, checkpointing=c.gradient_checkpointing, micro_batch=fixed)
+
+
 def _dataset_table(shard):
     import pyarrow as pa
 
@@ -128,12 +163,17 @@ def train_loop(config: dict) -> None:
     on_gpu = bool(config["use_gpu"]) and torch.cuda.is_available()
     model_path = resolve_model(c.model)
     checkpoint = ray.train.get_checkpoint()
+    resumed_run = _checkpoint_run_info(checkpoint)
     stage, stage_reason = resolve_zero_stage(c, model_path=model_path, world=world, on_gpu=on_gpu,
                                              local_rank=local_rank, local_world=ctx.get_local_world_size(),
-                                             resumed=_checkpoint_run_info(checkpoint))
-    if rank == 0:
-        log.info("train.zero_stage=%s -> %s", c.zero_stage, stage_reason)
+                                             resumed=resumed_run)
     c = c.model_copy(update={"zero_stage": stage})
+    batch = resolve_batch(c, model_path=model_path, world=world, on_gpu=on_gpu, local_rank=local_rank,
+                          local_world=ctx.get_local_world_size(), resumed=resumed_run)
+    if rank == 0:
+        log.info("train.zero_stage -> %s", stage_reason)
+        log.info("train.per_device_batch_size -> %s", batch["batch_reason"])
+    c = c.model_copy(update={k: batch[k] for k in BATCH_KEYS})
     if c.zero_stage:
         import deepspeed
 
@@ -174,7 +214,8 @@ def train_loop(config: dict) -> None:
 
     callbacks = [RayTrainReport(world_rank=rank, local_rank=local_rank, history=history,
                                 report_every=c.ray_report_steps, after_save=after_save,
-                                extra_files={RUN_FILE: {"zero_stage": stage, "zero_stage_reason": stage_reason}})]
+                                extra_files={RUN_FILE: {"zero_stage": stage, "zero_stage_reason": stage_reason,
+                                                        **{k: batch[k] for k in BATCH_KEYS}}})]
     if c.sync_check and world > 1 and c.zero_stage < 3:
         callbacks.append(SyncCheck(sync_record))
     trainer_cls = trainer_class(weighted=weights_fn is not None, group_by_length=c.group_by_length)
@@ -216,7 +257,9 @@ def train_loop(config: dict) -> None:
     summary = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch, "pairs_trained": kept,
                "pairs_dropped_too_long": rows.num_rows - kept,
                "resumed_from_step": resumed_step, "world_size": world, "on_gpu": on_gpu,
-               "zero_stage": stage, "zero_stage_reason": stage_reason,
+               "zero_stage": stage, "zero_stage_reason": stage_reason, **batch,
+               # The measured peak beside the estimate (memory_estimate_bytes, when auto chose the batch).
+               "peak_device_bytes": torch.cuda.max_memory_allocated() if on_gpu else None,
                "sync_check": sync_record, "timings": {k: round(v - timings["start"], 3) for k, v in timings.items()},
                "history": history}
     if rank == 0:

@@ -87,12 +87,17 @@ def test_zero2_two_workers_learn_in_sync_from_and_to_s3(s3_env, tmp_path):
     pairs_uri, out_uri = f"s3://{bucket}/pairs", f"s3://{bucket}/dpo"
     write_pairs(pairs_uri, easy_pairs(N_PAIRS))
     # The DPO reference is another model than the one trained (iterative rounds' reference: original).
+    # The micro-batch is chosen too: 2 pairs per worker and step fit host memory in one micro-batch.
     rc, s, err = _run_cli(["--input", pairs_uri, "--output", out_uri, "--set", "train.zero_stage=auto",
-                           "--set", "train.margin_weighting=linear", "--set", "train.ref_model=tiny:qwen2"])
+                           "--set", "train.margin_weighting=linear", "--set", "train.ref_model=tiny:qwen2",
+                           "--set", "train.per_device_batch_size=auto", "--set", "train.pairs_per_worker_step=2",
+                           "--set", "train.gradient_checkpointing=auto"])
     assert rc == 0, err[-3000:]
     assert s["ok"] and s["global_step"] == STEPS and s["world_size"] == 2 and s["n_pairs"] == N_PAIRS
     # auto on CPU with 2 workers: ZeRO-2 (the verified gloo path), agreed by both ranks.
     assert s["zero_stage"] == 2 and s["zero_stage_reason"].startswith("ZeRO-2:"), s
+    assert (s["per_device_batch_size"], s["gradient_accumulation_steps"], s["gradient_checkpointing"]) == (2, 1, False)
+    assert "host memory" in s["batch_reason"], s
 
     # It learns the easy preference.
     losses = s["losses"]
