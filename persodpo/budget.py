@@ -45,10 +45,14 @@ class Ledger:
 
 
 def ledger_actor(cap_usd: float):
-    """The shared ledger as a Ray actor (no CPU reserved: it only does arithmetic)."""
+    """The shared ledger as a Ray actor (no CPU reserved: it only does arithmetic), on the driver's
+    node: a lost spot worker must not take what was spent with it."""
     import ray
 
-    return ray.remote(num_cpus=0, max_concurrency=1)(Ledger).remote(cap_usd)
+    from persodpo.raycluster import on_driver_node
+
+    return ray.remote(num_cpus=0, max_concurrency=1)(Ledger).options(
+        scheduling_strategy=on_driver_node()).remote(cap_usd)
 
 
 def worst_case_cost(model: str, messages: list[dict], max_tokens: int, safety: float = 1.25) -> float:

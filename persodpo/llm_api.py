@@ -251,15 +251,28 @@ def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages"
         fn_constructor_kwargs={"endpoint": endpoint.model_dump(mode="json"), "messages_column": messages_column,
                                "prefix": prefix, "params_column": params_column,
                                "limiter": endpoint_limiter(endpoint), "ledgers": ledgers, "name": name},
-        batch_size=endpoint.batch_size, compute=actor_pool(endpoint.concurrency),
-        num_cpus=endpoint.num_cpus, batch_format="pandas",
+        batch_size=endpoint.batch_size, compute=api_actor_pool(endpoint.concurrency),
+        max_concurrency=API_BLOCKS_PER_ACTOR, num_cpus=endpoint.num_cpus, batch_format="pandas",
     )
 
 
-def actor_pool(concurrency: int | tuple[int, int]):
+# API actors (generators and judges) work on a few blocks at once: with one, the requests in flight
+# drain to zero at the end of every block while the slowest replies of the latency tail arrive
+# (the actor's semaphore still caps what is in flight). They hold no more than that, so blocks go to
+# whichever actor frees up instead of queueing at the first one started.
+API_BLOCKS_PER_ACTOR = 2
+
+
+def actor_pool(concurrency: int | tuple[int, int], *, tasks_per_actor: int | None = None):
     """Ray Data actor pool: a fixed size, or (min, max) so the pool autoscales with the cluster."""
     from ray.data import ActorPoolStrategy
 
+    kw = {"max_tasks_in_flight_per_actor": tasks_per_actor} if tasks_per_actor else {}
     if isinstance(concurrency, (tuple, list)):
-        return ActorPoolStrategy(min_size=int(concurrency[0]), max_size=int(concurrency[1]))
-    return ActorPoolStrategy(size=int(concurrency))
+        return ActorPoolStrategy(min_size=int(concurrency[0]), max_size=int(concurrency[1]), **kw)
+    return ActorPoolStrategy(size=int(concurrency), **kw)
+
+
+def api_actor_pool(concurrency: int | tuple[int, int]):
+    """The pool of an API actor (map it with ``max_concurrency=API_BLOCKS_PER_ACTOR``)."""
+    return actor_pool(concurrency, tasks_per_actor=API_BLOCKS_PER_ACTOR)

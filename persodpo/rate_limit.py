@@ -121,15 +121,12 @@ def endpoint_limiter(ep):
     if not (ep.rpm or ep.tpm):
         return None
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
-    actor = ray.remote(num_cpus=0, max_concurrency=1)(Pace).options(
-        name=limiter_name(ep), get_if_exists=True,
-        # On the driver's node: the head under `ray job submit`, never a spot worker that goes away.
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+    from persodpo.raycluster import on_driver_node
+
+    return ray.remote(num_cpus=0, max_concurrency=1)(Pace).options(
+        name=limiter_name(ep), get_if_exists=True, scheduling_strategy=on_driver_node(),
     ).remote(ep.rpm, ep.tpm)
-    return actor
 
 
 def client_limiter(ep, shared: Any = None):

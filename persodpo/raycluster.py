@@ -95,6 +95,16 @@ def init_ray(cfg: "RaySection | None" = None, storage: "StorageSection | None" =
     return ray
 
 
+def on_driver_node():
+    """Scheduling for the run's shared bookkeeping actors (rate limiters, budget ledgers): the
+    driver's node, the head under `ray job submit`, never a spot worker that goes away with their
+    state. Soft: a driver on a node that cannot host actors still gets them elsewhere."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+
+
 def read_output(uri: str, storage: "StorageSection | None" = None, **kwargs) -> "ray.data.Dataset":
     """A complete stage output as a Ray Dataset (only the parts its manifest lists)."""
     import ray.data

@@ -36,7 +36,6 @@ from persodpo.score.registry import REGISTRY, build_metrics, columns_of
 log = logging.getLogger(__name__)
 
 CANDIDATE_COLUMNS = ("candidate_id", "prompt_id", "generator")
-JUDGE_BLOCKS_PER_ACTOR = 2
 # Read when present: format per template, reasons, truncation from the server (else from the text).
 OPTIONAL_COLUMNS = ("template", "parse_status", "finish_reason")
 
@@ -253,7 +252,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
         totals["nulls"], totals["reasons"] = {}, {}
         return out, totals
 
-    from persodpo.llm_api import actor_pool
+    from persodpo.llm_api import API_BLOCKS_PER_ACTOR, actor_pool, api_actor_pool
     from persodpo.raycluster import init_ray, read_output
 
     ray = init_ray(cfg.ray, cfg.storage)
@@ -298,8 +297,8 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
                 JudgeActor,
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
                                        "memo": memo, "ledger": ledger, "limiter": endpoint_limiter(j)},
-                compute=_judge_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
-                max_concurrency=JUDGE_BLOCKS_PER_ACTOR, batch_format="pyarrow")
+                compute=api_actor_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
+                max_concurrency=API_BLOCKS_PER_ACTOR, batch_format="pyarrow")
     groups = [(m.name, m.writes()) for m in metrics]
     groups += [(f"judge_{j}_{d}", [f"judge_{j}_{d}"]) for j in judge_names for d in dims]
     private = bookkeeping_columns(judge_names, dims)
@@ -403,6 +402,7 @@ def _judge_pairwise(cfg: PersoDPOConfig, judges: list, dims: list[str], prompts:
     verdicts go to ``<output>/pairwise``, counts, tokens and cost to each judge's summary."""
     import ray
 
+    from persodpo.llm_api import API_BLOCKS_PER_ACTOR, api_actor_pool
     from persodpo.rate_limit import endpoint_limiter
     from persodpo.score.cache import judge_namespace
     from persodpo.score.pairwise import (ORDERS, PAIRWISE, PairwiseJudgeActor, pairwise_audit,
@@ -430,8 +430,8 @@ def _judge_pairwise(cfg: PersoDPOConfig, judges: list, dims: list[str], prompts:
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
                                        "prompts": [ray.put(prompts)], "memo": memo, "ledger": ledger,
                                        "limiter": endpoint_limiter(j)},
-                compute=_judge_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
-                max_concurrency=JUDGE_BLOCKS_PER_ACTOR, batch_format="pyarrow")
+                compute=api_actor_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
+                max_concurrency=API_BLOCKS_PER_ACTOR, batch_format="pyarrow")
         names = [j.name for j in judges]
         for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             rows += verdict_rows(block, names, dims)
@@ -482,18 +482,6 @@ def check_judge_errors(judges: dict[str, dict], errors: dict[str, Counter], max_
             raise StageError(f"judge {name}: {failed} of {requests} requests failed or gave no usable score "
                              f"({failed / requests:.0%} > score.panel.max_error_share={max_share:g}); commonest "
                              f"error ({k}x): {reason} (nothing was committed; paid judgments stay in the cache)")
-
-
-def _judge_pool(concurrency):
-    """Judge actors work on a few blocks at once (with one, the requests in flight drain to zero
-    at the end of every block; the actor's semaphore still caps them) and hold no more than
-    that, so blocks go to whichever actor frees up instead of queueing at the first one started."""
-    from ray.data import ActorPoolStrategy
-
-    kw = {"max_tasks_in_flight_per_actor": JUDGE_BLOCKS_PER_ACTOR}
-    if isinstance(concurrency, (tuple, list)):
-        return ActorPoolStrategy(min_size=int(concurrency[0]), max_size=int(concurrency[1]), **kw)
-    return ActorPoolStrategy(size=int(concurrency), **kw)
 
 
 def _store(caches: dict, name: str) -> None:
