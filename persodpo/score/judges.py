@@ -185,7 +185,7 @@ class JudgeActor:
     def __init__(self, judge: dict, panel: dict, memo: list | None = None, ledger: Any = None,
                  limiter: Any = None):
         from persodpo.llm_api import LiteLLMClient
-        from persodpo.score.cache import judge_namespace
+        from persodpo.score.cache import KNOWN_SCHEMA, KnownJudgments, judge_namespace
         from persodpo.score.config import JudgeSpec, PanelConfig
 
         self.judge = JudgeSpec.model_validate(judge)
@@ -197,11 +197,14 @@ class JudgeActor:
         self.namespace = judge_namespace(self.judge.name, self.judge.model, self.params)
         # The cache is read and written by the driver only (it holds the storage credentials):
         # actors get the known judgments through the object store and return new ones per row.
+        # The known ones are indexed once, without a Python object each (a cache holds millions);
+        # memo holds only this actor's own answers, so a repeated request in a run is asked once.
+        self.known = KnownJudgments(KNOWN_SCHEMA.empty_table())
         self.memo: dict[str, dict] = {}
         if memo:
             import ray
 
-            self.memo = dict(ray.get(memo[0]))
+            self.known = KnownJudgments.of(ray.get(memo[0]))
         self.ledger = ledger
         self.sem: asyncio.Semaphore | None = None
 
@@ -213,8 +216,10 @@ class JudgeActor:
         return worst_case_cost(self.judge.model, messages, n_out, self.panel.cost_safety_factor)
 
     async def _ask(self, messages: list[dict], key: str, parse=None) -> Judgment:
-        if key in self.memo:
-            e = self.memo[key]
+        e = self.memo.get(key)
+        if e is None:
+            e = self.known.get(key)
+        if e is not None:
             reason = None if e["score"] is not None else f"cached: {e['error']}"
             return Judgment(e["score"], CACHED, reason)
         if self.sem is None:

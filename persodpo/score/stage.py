@@ -286,10 +286,13 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
             memo = None
             if cache is not None:
                 ns = judge_namespace(j.name, j.model, request_params(j, tuple(c.panel.scale)))
-                known = {k: {"score": e["score"], "error": e["error"]} for k, e in cache.load(ns).items()}
+                # Arrow through the object store: actors read it in place and index it once each
+                # (persodpo.score.cache.KnownJudgments); a dict per judgment would not fit at scale.
+                known = cache.load_table(ns)
                 caches[j.name] = (cache, ns, [])
-                totals["judges"][j.name]["cache_entries_before"] = len(known)
+                totals["judges"][j.name]["cache_entries_before"] = known.num_rows
                 memo = [ray.put(known)]
+                del known
             # The key is read by name in the judge's actors from their process environment (local
             # Ray: inherited from this driver; clusters: the nodes' secret injection). Never a
             # runtime_env: Ray shows those in the dashboard, its state API and its logs.
@@ -424,7 +427,7 @@ def _judge_pairwise(cfg: PersoDPOConfig, judges: list, dims: list[str], prompts:
             namespaces[j.name] = ns
             memo = None
             if cache is not None:
-                memo = [ray.put({k: {"score": e["score"], "error": e["error"]} for k, e in cache.load(ns).items()})]
+                memo = [ray.put(cache.load_table(ns))]
             ds = ds.map_batches(
                 PairwiseJudgeActor,
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
