@@ -1,7 +1,7 @@
 """Scale rehearsal (issue 15): the real generate -> score -> pairs stages on N FoCus-shaped prompts
 against OpenAI-compatible loopback servers that behave like providers (run by hand, not in CI).
 
-    PYTHONPATH=$PWD .venv/bin/python bench/scale.py --prompts 1000 [--root /tmp/persodpo-scale]
+    PYTHONPATH=$PWD .venv/bin/python bench/scale.py --prompts 1000 [--pilot 200] [--root /tmp/persodpo-scale]
 
 - Prompts: the PersoDPO authors' 1,500 training prompts (``../shared/data/persodpo-focus``),
   repeated with new dialog and prompt ids up to N, so lengths are realistic.
@@ -64,11 +64,20 @@ def serve(spec_path: str) -> None:
     def judge_responder(messages, body):
         return json.dumps({"score": 1 + sum(map(ord, messages[-1]["content"][-40:])) % 5})
 
+    def billed_tokens(messages, text):
+        # A provider bills with its tokenizer; litellm counts with the same one for OpenAI-style
+        # models (tiktoken), which is also what `persodpo plan` counts with.
+        import litellm
+
+        return (litellm.token_counter(model="gpt-4o", messages=messages),
+                litellm.token_counter(model="gpt-4o", text=text, count_response_tokens=True))
+
     servers = {}
     for i, name in enumerate([*GENERATORS, *JUDGES]):
         servers[name] = OpenAIServer(gen_responder(i) if name.startswith("gen") else judge_responder,
                                      latency_fn=lambda rng: min(30.0, rng.lognormvariate(math.log(MEDIAN_S), SIGMA)),
-                                     fault_mix=FAULTS, seed=i, retry_after_s=1, rpm_limit=RPM, model_name=name).start()
+                                     fault_mix=FAULTS, seed=i, retry_after_s=1, rpm_limit=RPM, model_name=name,
+                                     token_counter=billed_tokens).start()
     Path(spec["ports"]).write_text(json.dumps({n: s.api_base for n, s in servers.items()}))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -196,6 +205,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=1000)
     ap.add_argument("--root", default=None)
     ap.add_argument("--authors", default=str(ROOT.parent / "shared" / "data" / "persodpo-focus"))
+    ap.add_argument("--pilot", type=int, default=0, help="first plan the run from a pilot on this many prompts "
+                    "(persodpo plan --pilot) and report predicted vs measured cost and wall time")
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -203,21 +214,25 @@ def main() -> None:
     if not Path(a.authors, "prompts").is_dir():
         sys.exit(f"skipped: the authors' data is not at {a.authors}")
     root = a.root or tempfile.mkdtemp(prefix="persodpo-scale-")
-    work = Path(tempfile.mkdtemp(prefix="persodpo-scale-servers-"))
     prompts = f"{root}/runs/scale/prompts"
     t0 = time.time()
     n, replies = scaled_prompts(a.authors, a.prompts, prompts)
-    spec = {"replies": replies, "ports": str(work / "ports.json"), "stats": str(work / "stats.json")}
-    (work / "spec.json").write_text(json.dumps(spec))
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(work / "spec.json")],
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    while not Path(spec["ports"]).exists():
-        time.sleep(0.2)
-    ports = json.loads(Path(spec["ports"]).read_text())
-    cfg = config(root, prompts, ports)
     from persodpo.generate.stage import run_stage as generate
     from persodpo.pairs.stage import run_stage as pairs
     from persodpo.score.stage import run_stage as score
+
+    planned = None
+    if a.pilot:
+        # The pilot has servers of its own, so the run's billing below is the run's alone.
+        child, ports, stats_path = start_servers(replies)
+        try:
+            planned = pilot_plan(config(root, prompts, ports), root, a.pilot, prompts)
+        finally:
+            child.send_signal(signal.SIGTERM)
+            child.wait(60)
+        print(json.dumps({"plan": planned}), flush=True)
+    child, ports, stats_path = start_servers(replies)
+    cfg = config(root, prompts, ports)
 
     rows = {}
     try:
@@ -232,7 +247,7 @@ def main() -> None:
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(60)
-    served = json.loads(Path(spec["stats"]).read_text())
+    served = json.loads(Path(stats_path).read_text())
 
     def in_window(names, r):
         return sum(sum(r["start"] <= x <= r["end"] for x in served[nm]["times"]) for nm in names)
@@ -266,7 +281,51 @@ def main() -> None:
                    "server_faults": {k: {f: v["stats"].get(f, 0) for f in ("429", "500", "over_quota")}
                                      for k, v in served.items()},
                    "cpus": os.cpu_count(), "total_s": round(time.time() - t0, 1)})
+    if planned:
+        report["plan_vs_measured"] = {
+            st: {"predicted_cost_usd": planned[st]["cost_usd"], "measured_cost_usd": rows[st]["summary"].get("cost_usd"),
+                 "predicted_wall_s": planned[st]["wall_s"], "measured_wall_s": report["stages"][st]["wall_s"],
+                 "predicted_requests": planned[st]["requests"], "measured_requests": report["stages"][st]["requests"]}
+            for st in ("generate", "score")}
+        report["pilot"] = {k: planned[k] for k in ("pilot_prompts", "pilot_s")}
     print(json.dumps(report, indent=1))
+
+
+def start_servers(replies: list[str]) -> tuple[subprocess.Popen, dict, str]:
+    """The loopback servers in a child process: (process, ports by endpoint, path of its stats)."""
+    work = Path(tempfile.mkdtemp(prefix="persodpo-scale-servers-"))
+    spec = {"replies": replies, "ports": str(work / "ports.json"), "stats": str(work / "stats.json")}
+    (work / "spec.json").write_text(json.dumps(spec))
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(work / "spec.json")],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    while not Path(spec["ports"]).exists():
+        time.sleep(0.2)
+    return child, json.loads(Path(spec["ports"]).read_text()), spec["stats"]
+
+
+def pilot_plan(cfg, root: str, n_pilot: int, prompts: str) -> dict:
+    """``persodpo plan --pilot N`` on the rehearsal: generate and score for real on the first N
+    prompts (own outputs and judge cache), then the plan of the whole run calibrated from them."""
+    import shutil
+
+    from persodpo import storage as st
+    from persodpo.generate.stage import run_stage as generate
+    from persodpo.plan import pilot_measurements, plan_generate, plan_score
+    from persodpo.score.stage import run_stage as score
+
+    out = f"{root}/runs/scale-pilot"
+    shutil.rmtree(out, ignore_errors=True)
+    c = cfg.model_copy(deep=True)
+    c.generate.output, c.generate.max_prompts = f"{out}/generate", n_pilot
+    c.score.input, c.score.output = c.generate.output, f"{out}/score"
+    t = time.time()
+    measured = pilot_measurements({"generate": generate(c), "score": score(c)}, c.storage)
+    pilot_s = round(time.time() - t, 1)
+    rows = st.read_table(prompts).to_pylist()
+    gen_plan, cands = plan_generate(cfg, rows, pilot=measured)
+    score_plan = plan_score(cfg, cands, cfg.score.judges, pilot=measured)
+    return {"pilot_prompts": n_pilot, "pilot_s": pilot_s, "measured": measured,
+            "generate": gen_plan.as_dict(), "score": score_plan.as_dict()}
 
 
 if __name__ == "__main__":

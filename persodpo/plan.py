@@ -21,8 +21,10 @@ What is exact and what is a bound:
 prompts, into ``ROOT/runs/<run_id>-pilot`` (its own judge cache; the run's outputs are not
 touched), and calibrates the plan from it: completion tokens per request of each generator (so
 its cost, and the judges' prompt tokens, no longer assume ``max_tokens``), each API generator's
-mean latency and error share, and wall time: an API generator's from its latency, its actors x
-``max_in_flight`` and its rpm; a vLLM generator's and the score stage's by scaling the pilot's
+mean latency and error share, and wall time: an API generator's and the score stage's as the
+pilot's start-up (stage start to the first replies or rows) plus the rest at the pilot's steady
+throughput after them (when the replies arrived: ``generated_at``; the score stage's rows as the
+driver received them), never faster than the rpm; a vLLM generator's by scaling the pilot's
 measured stage time to the run's requests (the pilot's start-up included: an over-estimate for
 a small pilot). A pilot sends real, paid requests: about N/prompts of the run's.
 """
@@ -128,8 +130,6 @@ def _done_ids(cfg: PersoDPOConfig, prompts_lineage: str | None) -> set[str]:
 def run_pilot(cfg: PersoDPOConfig, n: int) -> dict:
     """Run ingest, generate and score on the first ``n`` prompts (``ROOT/runs/<run_id>-pilot``,
     recomputed each time) and measure what the plan calibrates from."""
-    import pyarrow.compute as pc
-
     from persodpo import storage as st
     from persodpo.pipeline import run_dir, run_pipeline
 
@@ -145,11 +145,24 @@ def run_pilot(cfg: PersoDPOConfig, n: int) -> dict:
     log.info("pilot: ingest, generate and score on %d prompt(s) -> %s (real requests)", c.generate.max_prompts,
              run_dir(c))
     summary = run_pipeline(c)["stages"]
-    out: dict = {"prompts": c.generate.max_prompts, "generators": {}, "judges": {}, "run_dir": run_dir(c)}
+    return {**pilot_measurements(summary, c.storage), "prompts": c.generate.max_prompts, "run_dir": run_dir(c)}
+
+
+def pilot_measurements(summary: dict, storage=None) -> dict:
+    """What a plan calibrates from, out of the stage summaries of a pilot (``{"generate": ...,
+    "score": ...}``, each a stage's returned summary): per generator its requests, reply tokens,
+    mean latency, error share and cost; per judge its requests, tokens and cost; stage times."""
+    import pyarrow.compute as pc
+
+    from persodpo import storage as st
+
+    out: dict = {"generators": {}, "judges": {}}
     if "generate" in summary:
         g = summary["generate"]
         out["generate_s"] = float(g.get("wall_time_s") or 0)
-        t = st.read_table(g["output"], c.storage)
+        t = st.read_table(g["output"], storage)
+        started = g.get("started_at")
+        ends: list[float] = []
         for name in sorted(set(t.column("generator").to_pylist())):
             rows = t.filter(pc.equal(t.column("generator"), name))
             ok = rows.filter(pc.not_equal(rows.column("parse_status"), "error"))
@@ -159,14 +172,42 @@ def run_pilot(cfg: PersoDPOConfig, n: int) -> dict:
                 "completion_tokens_per_request": (pc.mean(ok.column("n_tokens")).as_py() or 0.0) if ok.num_rows else None,
                 "latency_s": sum(lat) / len(lat) if lat else None,
                 "error_share": round(1 - ok.num_rows / rows.num_rows, 4) if rows.num_rows else None,
-                "cost_usd": float(pc.sum(rows.column("cost_usd")).as_py() or 0.0)}
+                "cost_usd": float(pc.sum(rows.column("cost_usd")).as_py() or 0.0),
+                **_arrivals(rows.column("generated_at").to_pylist(), started)}
+            ends += [x for x in rows.column("generated_at").to_pylist() if x is not None]
+        if started is not None and ends:
+            out["generate_tail_s"] = round(max(0.0, started + out["generate_s"] - max(ends)), 3)
     if "score" in summary:
         sc = summary["score"]
         out["score_s"] = float(sc.get("wall_time_s") or 0)
-        out["score_rows"] = int(sc.get("rows") or 0)
+        out["score_rows"] = int(sc.get("n_scored") or sc.get("rows") or 0)
+        arr, started = sc.get("arrivals") or {}, sc.get("started_at")
+        if arr and started is not None and out["score_rows"] > arr["first_rows"] and arr["last_at"] > arr["first_at"]:
+            out["score_first_s"] = round(arr["first_at"] - started, 3)
+            out["score_first_rows"] = arr["first_rows"]
+            out["score_rows_per_s"] = (out["score_rows"] - arr["first_rows"]) / (arr["last_at"] - arr["first_at"])
+            out["score_tail_s"] = round(max(0.0, started + out["score_s"] - arr["last_at"]), 3)
         out["judges"] = {name: {k: j.get(k) for k in ("requests", "tokens", "cost_usd")}
                          for name, j in (sc.get("judges") or {}).items()}
     return out
+
+
+def _arrivals(times: list[float | None], started: float | None) -> dict:
+    """Start-up and steady throughput of one generator in a pilot, from when its replies arrived:
+    ``first_s`` (stage start to the first replies: actors, engines, the first batch),
+    ``first_rows`` (how many came then) and ``rows_per_s`` after them. Empty when unmeasurable
+    (no start time, or every reply in one batch)."""
+    times = sorted(t for t in times if t is not None)
+    if started is None or not times or times[-1] <= times[0]:
+        return {}
+    first_rows = sum(1 for t in times if t == times[0])
+    return {"first_s": round(times[0] - started, 3), "first_rows": first_rows,
+            "rows_per_s": (len(times) - first_rows) / (times[-1] - times[0])}
+
+
+def _steady(first_s: float, first_rows: int, rows_per_s: float, n: int) -> float:
+    """Wall time of ``n`` rows: the pilot's start-up, then its steady throughput."""
+    return first_s + max(0, n - first_rows) / rows_per_s
 
 
 def _scaled(seconds: float | None, pilot_n: int, n: int) -> float | None:
@@ -225,7 +266,12 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
                 plan.cost_usd += cost
             if ep.rpm:
                 entry["min_wall_s"] = round(n_req / (ep.rpm / 60.0), 1)
-            if measured and measured.get("latency_s") is not None:
+            if measured and measured.get("rows_per_s"):
+                # the pilot's start-up and its steady throughput (what the actors, their batches and
+                # this machine really reached), never faster than the rpm
+                wall = _steady(measured["first_s"], measured["first_rows"], measured["rows_per_s"], n_req)
+                wall = round(max(wall, entry.get("min_wall_s", 0.0)), 1)
+            elif measured and measured.get("latency_s") is not None:
                 # requests in flight at once: the actors' semaphores; and never faster than the rpm
                 wall = n_req * measured["latency_s"] / (ep.max_actors() * ep.max_in_flight)
                 wall = round(max(wall, entry.get("min_wall_s", 0.0)), 1)
@@ -244,7 +290,8 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
         walls.append(wall if n_req else 0.0)
         plan.detail[gen.name] = entry
     if walls and all(w is not None for w in walls):
-        plan.wall_s = max(walls)   # the generators run side by side (one union of Ray Data branches)
+        # the generators run side by side (one union of Ray Data branches), then the summary
+        plan.wall_s = round(max(walls) + float((pilot or {}).get("generate_tail_s") or 0.0), 1)
     else:
         plan.unknown.setdefault("wall_s", "latency unknown before a pilot (min_wall_s per generator: its rpm; "
                                           "use --pilot N)")
@@ -290,7 +337,11 @@ def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "sco
             plan.cost_usd += cost
         plan.detail[j.name] = {"requests": n_req, "prompt_tokens": n_in, "completion_tokens": n_req * out_tokens,
                                "cost_usd": cost, **({"min_wall_s": round(n_req / (j.rpm / 60.0), 1)} if j.rpm else {})}
-    if pilot and stage == "score" and pilot.get("score_s") is not None:
+    if pilot and stage == "score" and pilot.get("score_rows_per_s"):
+        # the pilot's start-up, its steady rows/s (judges and metrics together), its tail
+        plan.wall_s = round(_steady(pilot["score_first_s"], pilot["score_first_rows"], pilot["score_rows_per_s"],
+                                    len(cands)) + pilot.get("score_tail_s", 0.0), 1)
+    elif pilot and stage == "score" and pilot.get("score_s") is not None:
         # the pilot's stage time scaled by judge requests (or rows, without judges)
         done = sum(j.get("requests") or 0 for j in pilot["judges"].values())
         plan.wall_s = _scaled(pilot["score_s"], done, plan.requests) if done else \

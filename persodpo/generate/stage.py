@@ -393,4 +393,4 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             "templates": templates, "rows_per_generator": {n: d["rows"] for n, d in per.items()},
             "errors_per_generator": {n: d["errors"] for n, d in per.items()}, **totals,
             "new_rows": written, "resumed_rows": sum(kept.values()), "reused_rows": reused,
-            "per_generator": per, "wall_time_s": wall}
+            "per_generator": per, "started_at": t0, "wall_time_s": wall}

@@ -235,7 +235,7 @@ def run_stage(cfg: PersoDPOConfig) -> dict:
             "judge_tokens": tokens, "cost_usd": cost, "budget": totals["budget"],
             "panel_calibration": totals.get("panel_calibration"), "judge_audit": totals.get("judge_audit"),
             "pairwise": pairwise,
-            "wall_time_s": wall}
+            "started_at": t0, "arrivals": totals.get("arrivals"), "wall_time_s": wall}
 
 
 def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], schema: pa.Schema, prompts: pa.Table,
@@ -354,6 +354,9 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
             if panel_scores is not None:
                 panel_scores.update(_panel_means(block, dims))
             seen += block.num_rows
+            # When rows arrive (a pilot's plan calibrates start-up and steady throughput from it).
+            totals["arrivals"] = totals.get("arrivals") or {"first_at": time.time(), "first_rows": block.num_rows}
+            totals["arrivals"]["last_at"] = time.time()
             if sum(t.num_rows for t in buffered) >= c.rows_per_part:
                 flush_part()
         flush_part(final=True)

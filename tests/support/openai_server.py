@@ -61,8 +61,11 @@ def hf_responder(model_path: str, max_new_tokens: int = 32) -> Responder:
 class OpenAIServer:
     def __init__(self, responder: Responder | None = None, *, latency_s: float = 0.0, fault_mix: dict | None = None,
                  seed: int = 0, retry_after_s: float = 1, slow_s: float = 30.0, model_name: str = "loopback",
-                 rpm_limit: float | None = None, latency_fn: Callable[[random.Random], float] | None = None):
+                 rpm_limit: float | None = None, latency_fn: Callable[[random.Random], float] | None = None,
+                 token_counter: Callable[[list[dict], str], tuple[int, int]] | None = None):
         self.responder = responder or echo_json()
+        # (messages, reply) -> (prompt, completion) tokens it bills; None: whitespace words.
+        self.token_counter = token_counter
         self.latency_s, self.fault_mix, self.retry_after_s, self.slow_s = latency_s, fault_mix or {}, retry_after_s, slow_s
         self.latency_fn = latency_fn   # a latency distribution (benchmarks); latency_s when None
         self.model_name = model_name
@@ -149,12 +152,15 @@ class OpenAIServer:
             if kind == "empty":
                 return web.Response(body=b"", content_type="application/json")
             text = await asyncio.get_running_loop().run_in_executor(None, self.responder, messages, body)
+            if self.token_counter is not None:
+                n_in, n_out = await asyncio.get_running_loop().run_in_executor(None, self.token_counter, messages, text)
+            else:
+                n_in, n_out = max(1, len(prompt.split())), max(1, len(text.split()))
             payload = {
                 "id": f"chatcmpl-{self.stats['requests']}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", self.model_name),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": max(1, len(prompt.split())), "completion_tokens": max(1, len(text.split())),
-                          "total_tokens": max(1, len(prompt.split())) + max(1, len(text.split()))},
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
             }
             raw = json.dumps(payload)
             if kind == "truncated":
