@@ -8,6 +8,7 @@ distributed sampler shards the batches, exactly as under ``deepspeed``/``torchru
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -54,25 +55,39 @@ def _checkpoint_run_info(checkpoint) -> dict | None:
         return json.loads(f.read())
 
 
+@functools.lru_cache(maxsize=4)
+def _parameters(model_path: str, lora: bool) -> tuple[int, int]:
+    from persodpo.train.zero import count_parameters
+
+    return count_parameters(model_path, lora_trainable=0.01 if lora else None)
+
+
+def _state_args(c, model_path: str, on_gpu: bool) -> dict:
+    """What the ZeRO stage and the micro-batch choices both estimate model states from
+    (persodpo.train.zero.state_bytes), the parameters counted once per worker."""
+    from persodpo.train.dpo import resolve_precision
+
+    n, trainable = _parameters(model_path, c.lora.enabled)
+    return {"n_params": n, "trainable": trainable, "precision": resolve_precision(c.precision, on_gpu),
+            "ref_copy": not (c.lora.enabled or c.precompute_ref_log_probs),
+            "offload_optimizer": c.offload_optimizer, "offload_params": c.offload_params}
+
+
 def resolve_zero_stage(c, *, model_path: str, world: int, on_gpu: bool, local_rank: int, local_world: int,
                        resumed: dict | None) -> tuple[int, str]:
     """train.zero_stage as a number, and why. A resumed run keeps the stage its checkpoint was
     written under (DeepSpeed cannot load another stage's optimizer shards)."""
-    from persodpo.train.dpo import resolve_precision
-    from persodpo.train.zero import choose_zero_stage, count_parameters
+    from persodpo.train.zero import choose_zero_stage
 
     if c.zero_stage != "auto":
         return int(c.zero_stage), "set in train.zero_stage"
     if resumed and "zero_stage" in resumed:
         stage = int(resumed["zero_stage"])
         return stage, f"ZeRO-{stage}: the stage the resumed checkpoint was written under"
-    n, trainable = count_parameters(model_path, lora_trainable=0.01 if c.lora.enabled else None)
     return choose_zero_stage(
-        n_params=n, trainable=trainable, world_size=world, on_gpu=on_gpu,
+        world_size=world, on_gpu=on_gpu, grad_accum=c.gradient_accumulation_steps,
         device_bytes=_min_over_ranks(_device_bytes(on_gpu, local_rank, local_world), on_gpu),
-        precision=resolve_precision(c.precision, on_gpu), grad_accum=c.gradient_accumulation_steps,
-        ref_copy=not (c.lora.enabled or c.precompute_ref_log_probs), offload_optimizer=c.offload_optimizer,
-        offload_params=c.offload_params)
+        **_state_args(c, model_path, on_gpu))
 
 
 BATCH_KEYS = ("per_device_batch_size", "gradient_accumulation_steps", "gradient_checkpointing")
@@ -83,20 +98,17 @@ def resolve_batch(c, *, model_path: str, world: int, on_gpu: bool, local_rank: i
     """train.per_device_batch_size / gradient_checkpointing as values, with the estimate and why
     (``c.zero_stage`` already resolved). A resumed run keeps what its checkpoint was written with:
     another micro-batch would change the batches the remaining steps see."""
-    from persodpo.train.dpo import resolve_precision
     from persodpo.train.memory import choose_micro_batch, model_shape
-    from persodpo.train.zero import count_parameters, state_bytes
+    from persodpo.train.zero import state_bytes
 
     if "auto" not in (c.per_device_batch_size, c.gradient_checkpointing):
         return {**{k: getattr(c, k) for k in BATCH_KEYS}, "batch_reason": "set in the train section"}
     if resumed and all(k in resumed for k in BATCH_KEYS):
         return {**{k: resumed[k] for k in BATCH_KEYS},
                 "batch_reason": "what the resumed checkpoint was written with"}
-    precision = resolve_precision(c.precision, on_gpu)
-    n, trainable = count_parameters(model_path, lora_trainable=0.01 if c.lora.enabled else None)
-    states = state_bytes(int(c.zero_stage), n_params=n, trainable=trainable, world_size=world, precision=precision,
-                         ref_copy=not (c.lora.enabled or c.precompute_ref_log_probs),
-                         offload_optimizer=c.offload_optimizer, offload_params=c.offload_params)
+    args = _state_args(c, model_path, on_gpu)
+    states = state_bytes(int(c.zero_stage), world_size=world, **args)
+    precision = args["precision"]
     shape = model_shape(model_path)
     seq_len = c.max_length or 4096
     if c.per_device_batch_size == "auto":
