@@ -167,8 +167,12 @@ def scaled_prompts(authors: str, n: int, uri: str) -> tuple[int, list[str]]:
     for start in range(0, table.num_rows, 5000):
         out.write_table(table.slice(start, 5000))
     out.commit({"stage": "ingest", "rows": table.num_rows, "source": "bench-scale"})
-    replies = tables["candidates"].column("raw").drop_null().to_pylist()
-    return table.num_rows, replies
+    return table.num_rows, authors_replies(tables)
+
+
+def authors_replies(tables) -> list[str]:
+    """The authors' raw outputs, which the generator servers answer with (realistic lengths)."""
+    return tables["candidates"].column("raw").drop_null().to_pylist()
 
 
 def config(root: str, prompts: str, ports: dict):
@@ -208,6 +212,7 @@ def main() -> None:
     ap.add_argument("--pilot", type=int, default=0, help="first plan the run from a pilot on this many prompts "
                     "(persodpo plan --pilot) and report predicted vs measured cost and wall time")
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pilot-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
         return serve(a.serve)
@@ -215,6 +220,8 @@ def main() -> None:
         sys.exit(f"skipped: the authors' data is not at {a.authors}")
     root = a.root or tempfile.mkdtemp(prefix="persodpo-scale-")
     prompts = f"{root}/runs/scale/prompts"
+    if a.pilot_out:
+        return pilot_child(a, root, prompts)
     t0 = time.time()
     n, replies = scaled_prompts(a.authors, a.prompts, prompts)
     from persodpo.generate.stage import run_stage as generate
@@ -223,13 +230,13 @@ def main() -> None:
 
     planned = None
     if a.pilot:
-        # The pilot has servers of its own, so the run's billing below is the run's alone.
-        child, ports, stats_path = start_servers(replies)
-        try:
-            planned = pilot_plan(config(root, prompts, ports), root, a.pilot, prompts)
-        finally:
-            child.send_signal(signal.SIGTERM)
-            child.wait(60)
+        # As `persodpo plan --pilot` then `persodpo run`: the pilot in a process (and Ray) of its
+        # own, so the run below starts as cold as a real one and its driver RSS is the run's alone.
+        out = Path(root, "pilot-plan.json")
+        subprocess.run([sys.executable, __file__, "--prompts", str(n), "--pilot", str(a.pilot), "--root", root,
+                        "--authors", a.authors, "--pilot-out", str(out)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        planned = json.loads(out.read_text())
         print(json.dumps({"plan": planned}), flush=True)
     child, ports, stats_path = start_servers(replies)
     cfg = config(root, prompts, ports)
@@ -301,6 +308,19 @@ def start_servers(replies: list[str]) -> tuple[subprocess.Popen, dict, str]:
     while not Path(spec["ports"]).exists():
         time.sleep(0.2)
     return child, json.loads(Path(spec["ports"]).read_text()), spec["stats"]
+
+
+def pilot_child(a, root: str, prompts: str) -> None:
+    """The pilot's own process: servers of its own (the run's billing is then the run's alone)."""
+    from persodpo.ingest.authors import read_authors
+
+    child, ports, _ = start_servers(authors_replies(read_authors(a.authors)))
+    try:
+        planned = pilot_plan(config(root, prompts, ports), root, a.pilot, prompts)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+    Path(a.pilot_out).write_text(json.dumps(planned))
 
 
 def pilot_plan(cfg, root: str, n_pilot: int, prompts: str) -> dict:
