@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--pilot", type=int, metavar="N", help="first run ingest, generate and score for real on "
                            "N prompts (into ROOT/runs/RUN_ID-pilot; real requests) and calibrate reply tokens, cost "
                            "and wall time from it" + ("" if name == "plan" else " (with --dry-run)"))
+            p.add_argument("--accelerator", metavar="NAME", help="the training GPUs (H100, A100, L4, ...; Ray's "
+                           "accelerator type names) for train's GPU-hours in the plan")
+            p.add_argument("--mfu", type=float, metavar="X", help="model FLOPs utilisation assumed for train's "
+                           "GPU-hours (default 0.3)")
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="print what the run would send and cost "
                            "(persodpo plan) and run nothing")
@@ -119,14 +123,15 @@ def _check(cfg, cluster_path: str | None = None) -> dict:
             **({"cluster": cluster.source} if cluster else {})}
 
 
-def _plan(cfg, pilot: int | None = None) -> dict:
+def _plan(cfg, pilot: int | None = None, accelerator: str | None = None, mfu: float | None = None) -> dict:
+    from persodpo.errors import ConfigError
     from persodpo.plan import plan_run, render
 
     if pilot is not None and pilot < 1:
-        from persodpo.errors import ConfigError
-
         raise ConfigError(f"--pilot must be a number of prompts >= 1, not {pilot}")
-    plans = plan_run(cfg, pilot=pilot)
+    if mfu is not None and not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu is a share of the accelerator's peak, in (0, 1], not {mfu}")
+    plans = plan_run(cfg, pilot=pilot, accelerator=accelerator, mfu=mfu)
     print(render(plans), file=sys.stderr)
     for p in plans[:-1]:
         _emit(p)
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             summary = _check(cfg, args.cluster)
         elif args.command == "plan" or (args.command == "run" and args.dry_run):
-            summary = {**({"dry_run": True} if args.command == "run" else {}), **_plan(cfg, args.pilot)}
+            summary = {**({"dry_run": True} if args.command == "run" else {}), **_plan(cfg, args.pilot, args.accelerator, args.mfu)}
         elif args.command == "run" and args.pilot:
             from persodpo.errors import ConfigError
 

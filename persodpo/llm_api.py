@@ -252,7 +252,7 @@ def call_dataset(ds, endpoint: ApiEndpoint, *, messages_column: str = "messages"
                                "prefix": prefix, "params_column": params_column,
                                "limiter": endpoint_limiter(endpoint), "ledgers": ledgers, "name": name},
         batch_size=endpoint.batch_size, compute=api_actor_pool(endpoint.concurrency),
-        max_concurrency=API_BLOCKS_PER_ACTOR, num_cpus=endpoint.num_cpus, batch_format="pandas",
+        num_cpus=endpoint.num_cpus, batch_format="pandas",
     )
 
 
@@ -264,15 +264,18 @@ API_BLOCKS_PER_ACTOR = 2
 
 
 def actor_pool(concurrency: int | tuple[int, int], *, tasks_per_actor: int | None = None):
-    """Ray Data actor pool: a fixed size, or (min, max) so the pool autoscales with the cluster."""
+    """Ray Data actor pool: a fixed size, or (min, max) so the pool autoscales with the cluster;
+    ``tasks_per_actor``: blocks sent to an actor at once, and as many calls running in it (an async
+    actor interleaves them in its event loop)."""
     from ray.data import ActorPoolStrategy
 
-    kw = {"max_tasks_in_flight_per_actor": tasks_per_actor} if tasks_per_actor else {}
+    kw = {"max_tasks_in_flight_per_actor": tasks_per_actor,
+          "max_concurrent_calls_per_actor": tasks_per_actor} if tasks_per_actor else {}
     if isinstance(concurrency, (tuple, list)):
         return ActorPoolStrategy(min_size=int(concurrency[0]), max_size=int(concurrency[1]), **kw)
     return ActorPoolStrategy(size=int(concurrency), **kw)
 
 
 def api_actor_pool(concurrency: int | tuple[int, int]):
-    """The pool of an API actor (map it with ``max_concurrency=API_BLOCKS_PER_ACTOR``)."""
+    """The pool of an API actor: ``API_BLOCKS_PER_ACTOR`` blocks in flight and running in each."""
     return actor_pool(concurrency, tasks_per_actor=API_BLOCKS_PER_ACTOR)

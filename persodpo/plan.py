@@ -14,11 +14,16 @@ What is exact and what is a bound:
   replies without text, and judgments already in the judge cache); own-generator skips and the
   audit sample are counted as the run counts them. Reply tokens are bounded by the generators'
   ``max_tokens``.
-- vLLM generators, model metrics and training: no throughput table is shipped, so GPU-hours and
-  wall time are null without a pilot.
+- vLLM generators and model metrics: no throughput table is shipped, so GPU-hours and wall time
+  are null without a pilot.
+- train: null without a pilot (the pairs exist only after scoring). With one, pairs per prompt and
+  tokens per pair (the model's tokenizer and chat template) come from the pilot's pairs, FLOPs
+  from the model's config.json (:mod:`persodpo.train.compute`), GPU-hours over the accelerator's
+  dense peak (``--accelerator``, or the ``accelerator_type:`` resource the workers ask for) at an
+  assumed MFU (``--mfu``, default 0.3): an estimate, not a measurement.
 
-``--pilot N`` (:func:`run_pilot`) first runs ingest, generate and score for real on the first N
-prompts, into ``ROOT/runs/<run_id>-pilot`` (its own judge cache; the run's outputs are not
+``--pilot N`` (:func:`run_pilot`) first runs ingest, generate, score and pairs for real on the
+first N prompts, into ``ROOT/runs/<run_id>-pilot`` (its own judge cache; the run's outputs are not
 touched), and calibrates the plan from it: completion tokens per request of each generator (so
 its cost, and the judges' prompt tokens, no longer assume ``max_tokens``), each API generator's
 mean latency and error share, and wall time: an API generator's and the score stage's as the
@@ -128,14 +133,14 @@ def _done_ids(cfg: PersoDPOConfig, prompts_lineage: str | None) -> set[str]:
 
 
 def run_pilot(cfg: PersoDPOConfig, n: int) -> dict:
-    """Run ingest, generate and score on the first ``n`` prompts (``ROOT/runs/<run_id>-pilot``,
+    """Run ingest, generate, score and pairs on the first ``n`` prompts (``ROOT/runs/<run_id>-pilot``,
     recomputed each time) and measure what the plan calibrates from."""
     from persodpo import storage as st
     from persodpo.pipeline import run_dir, run_pipeline
 
     c = cfg.model_copy(deep=True)
     c.run.run_id = f"{cfg.run.run_id}-pilot"
-    c.run.stages = [s for s in ("ingest", "generate", "score") if s in cfg.run.stages]
+    c.run.stages = [s for s in ("ingest", "generate", "score", "pairs") if s in cfg.run.stages]
     c.generate.max_prompts = min(n, cfg.generate.max_prompts or n)
     fs, path = st.resolve(run_dir(c), c.storage)
     import pyarrow.fs as pafs
@@ -189,25 +194,45 @@ def pilot_measurements(summary: dict, storage=None) -> dict:
             out["score_tail_s"] = round(max(0.0, started + out["score_s"] - arr["last_at"]), 3)
         out["judges"] = {name: {k: j.get(k) for k in ("requests", "tokens", "cost_usd")}
                          for name, j in (sc.get("judges") or {}).items()}
+    if "pairs" in summary:
+        pr = summary["pairs"]
+        out["pairs"] = {"n_pairs": int(pr.get("n_pairs") or 0), "by_pair_type": dict(pr.get("by_pair_type") or {}),
+                        "output": pr.get("output")}
     return out
 
 
 def _arrivals(times: list[float | None], started: float | None) -> dict:
     """Start-up and steady throughput of one generator in a pilot, from when its replies arrived:
     ``first_s`` (stage start to the first replies: actors, engines, the first batch),
-    ``first_rows`` (how many came then) and ``rows_per_s`` after them. Empty when unmeasurable
-    (no start time, or every reply in one batch)."""
+    ``first_rows`` (how many came then) and ``rows_per_s`` after them, up to the last full block
+    (absent when every reply came in one batch: a pilot too small to show a steady rate). Empty
+    without a start time."""
+    from collections import Counter
+
     times = sorted(t for t in times if t is not None)
-    if started is None or not times or times[-1] <= times[0]:
+    if started is None or not times:
         return {}
-    first_rows = sum(1 for t in times if t == times[0])
-    return {"first_s": round(times[0] - started, 3), "first_rows": first_rows,
-            "rows_per_s": (len(times) - first_rows) / (times[-1] - times[0])}
+    blocks = sorted(Counter(times).items())            # (arrival time, rows): a block's rows arrive together
+    out = {"first_s": round(times[0] - started, 3), "first_rows": blocks[0][1]}
+    if len(blocks) > 2 and blocks[-1][1] < max(n for _, n in blocks):
+        # a last, smaller block (the prompts left over) arrives after its slowest request, not at
+        # the rate the full blocks came: in a small pilot it would halve the rate
+        blocks = blocks[:-1]
+    if len(blocks) > 1:
+        out["rows_per_s"] = sum(n for _, n in blocks[1:]) / (blocks[-1][0] - blocks[0][0])
+    return out
 
 
 def _steady(first_s: float, first_rows: int, rows_per_s: float, n: int) -> float:
     """Wall time of ``n`` rows: the pilot's start-up, then its steady throughput."""
     return first_s + max(0, n - first_rows) / rows_per_s
+
+
+def _after_start_up(measured: dict, in_flight: int, n: int) -> float:
+    """Wall time of ``n`` requests from a pilot that showed no steady rate (one batch): its start-up
+    (when known), then the rest with ``in_flight`` requests of the pilot's mean latency at a time."""
+    rest = max(0, n - measured.get("first_rows", 0))
+    return measured.get("first_s", 0.0) + rest * measured["latency_s"] / in_flight
 
 
 def _scaled(seconds: float | None, pilot_n: int, n: int) -> float | None:
@@ -272,8 +297,9 @@ def plan_generate(cfg: PersoDPOConfig, rows: list[dict], stage: str = "generate"
                 wall = _steady(measured["first_s"], measured["first_rows"], measured["rows_per_s"], n_req)
                 wall = round(max(wall, entry.get("min_wall_s", 0.0)), 1)
             elif measured and measured.get("latency_s") is not None:
-                # requests in flight at once: the actors' semaphores; and never faster than the rpm
-                wall = n_req * measured["latency_s"] / (ep.max_actors() * ep.max_in_flight)
+                # a pilot of one batch: its start-up, then the rest with the actors' semaphores full
+                # (an ideal the run will not beat); never faster than the rpm
+                wall = _after_start_up(measured, ep.max_actors() * ep.max_in_flight, n_req)
                 wall = round(max(wall, entry.get("min_wall_s", 0.0)), 1)
         else:
             entry["cost_usd"] = 0.0
@@ -355,7 +381,91 @@ def plan_score(cfg: PersoDPOConfig, cands: list[dict], judges, stage: str = "sco
     return plan
 
 
-def plan_run(cfg: PersoDPOConfig, pilot: int | None = None) -> list[dict]:
+def train_accelerator(cfg: PersoDPOConfig, accelerator: str | None = None) -> str | None:
+    """The training devices' type: given, or the ``accelerator_type:X`` resource its workers ask for."""
+    if accelerator:
+        return accelerator
+    keys = [k for k in (cfg.train.resources_per_worker or {}) if k.startswith("accelerator_type:")]
+    return keys[0].split(":", 1)[1] if keys else None
+
+
+def pair_tokens(pairs, model_path: str, max_length: int | None) -> float:
+    """Mean tokens of one pair as training sees it: chosen and rejected, each with its prompt in
+    the model's chat template, each cut at ``max_length``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    cap = max_length or 10 ** 9
+
+    def n(msgs):
+        text = tok.apply_chat_template([dict(m) for m in msgs], tokenize=False)
+        return min(cap, len(tok(text, add_special_tokens=False)["input_ids"]))
+
+    rows = pairs.to_pylist()
+    return sum(n(r["prompt"] + r["chosen"]) + n(r["prompt"] + r["rejected"]) for r in rows) / len(rows) if rows else 0.0
+
+
+def plan_train(cfg: PersoDPOConfig, n_prompts: int, pilot: dict | None, accelerator: str | None = None,
+               mfu: float | None = None) -> StagePlan:
+    """Pairs, tokens, FLOPs, GPU-hours and wall time of ``train``: pairs per prompt and tokens per
+    pair from a pilot's pairs, the model's size from its config.json, its tokenizer; FLOPs over the
+    accelerator's peak at ``mfu`` (:mod:`persodpo.train.compute`). No pilot: unknown."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from persodpo import storage as st
+    from persodpo.models import is_remote, resolve_model
+    from persodpo.train.compute import DEFAULT_MFU, dpo_flops, gpu_hours
+    from persodpo.train.memory import model_shape
+    from persodpo.train.zero import model_parameters
+
+    t = cfg.train
+    plan = StagePlan("train", rows=None)
+    pairs = (pilot or {}).get("pairs")
+    if not pairs or not pilot.get("prompts"):
+        plan.unknown = {"rows": "the pairs: known after scoring (use --pilot N)", "gpu_hours": "no pilot",
+                        "wall_s": "no pilot"}
+        return plan
+    kept = sum(v for k, v in pairs["by_pair_type"].items() if k in t.pair_types)
+    plan.rows = round(kept / pilot["prompts"] * n_prompts)
+    if is_remote(t.model):
+        plan.unknown = {"gpu_hours": f"train.model {t.model} is not read before the run", "wall_s": "see gpu_hours"}
+        return plan
+    try:
+        path = resolve_model(t.model)
+        n_params, trainable = model_parameters(path, t.lora.enabled)
+        shape = model_shape(path)
+        table = st.read_table(pairs["output"], cfg.storage, columns=["prompt", "chosen", "rejected", "pair_type"])
+        table = table.filter(pc.is_in(table.column("pair_type"), value_set=pa.array(t.pair_types, pa.string())))
+        per_pair = pair_tokens(table, path, t.max_length)
+    except Exception as exc:  # noqa: BLE001 - the plan goes on without this stage's compute
+        plan.unknown = {"gpu_hours": f"train.model {t.model}: {type(exc).__name__}: {exc}"[:300], "wall_s": "see gpu_hours"}
+        return plan
+    per_step = (t.pairs_per_worker_step if t.per_device_batch_size == "auto"
+                else t.per_device_batch_size * t.gradient_accumulation_steps) * t.num_workers
+    epochs = (t.max_steps * per_step / plan.rows) if t.max_steps and plan.rows else t.num_epochs
+    flops = dpo_flops(n_params=n_params, trainable=trainable, shape=shape, tokens=plan.rows * per_pair,
+                      seq_len=per_pair / 2, epochs=epochs, precompute_ref=t.precompute_ref_log_probs)
+    mfu = mfu or DEFAULT_MFU
+    plan.detail = {"pairs_per_prompt": round(kept / pilot["prompts"], 4), "tokens_per_pair": round(per_pair, 1),
+                   "epochs": round(epochs, 4), "optimizer_steps": t.max_steps or -(-int(plan.rows * epochs) // per_step),
+                   "parameters": n_params, "trainable_parameters": trainable, "flops": float(f"{flops:.4g}"),
+                   "mfu": mfu}
+    acc = train_accelerator(cfg, accelerator)
+    hours = gpu_hours(flops, acc, mfu) if acc else None
+    if hours is None:
+        plan.unknown = {"gpu_hours": (f"accelerator {acc!r} not in the peak table" if acc else
+                                      "which accelerator: --accelerator NAME or an accelerator_type: resource in "
+                                      "train.resources_per_worker"), "wall_s": "see gpu_hours"}
+        return plan
+    plan.detail["accelerator"] = acc
+    plan.gpu_hours = round(hours, 4)
+    plan.wall_s = round(hours * 3600 / t.num_workers, 1)   # one device per worker; start-up not counted
+    return plan
+
+
+def plan_run(cfg: PersoDPOConfig, pilot: int | None = None, accelerator: str | None = None,
+             mfu: float | None = None) -> list[dict]:
     """One dict per stage of ``run.stages`` and a last ``total``; nothing is sent unless ``pilot``
     (a number of prompts for :func:`run_pilot`) is given."""
     from persodpo.check import align_word_limits
@@ -385,8 +495,9 @@ def plan_run(cfg: PersoDPOConfig, pilot: int | None = None) -> list[dict]:
             elif stage == "pairs":
                 plans.append(StagePlan("pairs", rows=None, unknown={"rows": "depends on the scores"}))
             elif stage == "train":
-                plans.append(StagePlan("train", rows=None, unknown={"rows": "the pairs", "gpu_hours": "no throughput table",
-                                                                     "wall_s": "no throughput table"}))
+                g = cfg.generate
+                n_prompts = len(_answered(cfg, rows, g.split, g.max_prompts, g.prompt_offset))
+                plans.append(plan_train(cfg, n_prompts, measured, accelerator, mfu))
             elif stage == "evaluate":
                 e = cfg.evaluate
                 held = _answered(cfg, rows, e.split, e.max_prompts)
@@ -417,6 +528,8 @@ def plan_run(cfg: PersoDPOConfig, pilot: int | None = None) -> list[dict]:
         total.detail["pilot"] = {k: measured[k] for k in ("prompts", "run_dir")}
         known = [p.wall_s for p in plans if p.wall_s is not None]
         total.detail["wall_s_of_the_stages_known"] = round(sum(known), 1) if known else None
+    hours = [p.gpu_hours for p in plans if p.gpu_hours is not None]
+    total.detail["gpu_hours_of_the_stages_known"] = round(sum(hours), 4) if hours else None
     if total.cost_usd is None:
         total.unknown["cost_usd"] = "a stage's price is unknown"
     return [p.as_dict() for p in [*plans, total]]

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from persodpo.generate import candidates
 from persodpo.generate.config import GenerateConfig, GeneratorConfig
-from persodpo.generate.requests import LIGHT, build_requests
+from persodpo.generate.requests import build_requests, light_map
 from persodpo.llm_api import ApiEndpoint, call_dataset
 from persodpo.prompting import max_new_tokens
 
@@ -56,7 +56,7 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, api_base: s
     ep = endpoint(gen, template, gcfg.word_limit, api_base)
     ep.api_key()  # a missing key variable is a ConfigError now, not one error row per request
     requests = prompts.map_batches(
-        api_requests, batch_format="pyarrow", zero_copy_batch=True, **LIGHT,
+        api_requests, batch_format="pyarrow", zero_copy_batch=True, **light_map(),
         fn_kwargs=dict(generator=gen.name, samples=gen.samples, template=template, word_limit=gcfg.word_limit,
                        seed=gen.sampling.seed, skip_ids=skip_ids, only_prompts=only_prompts),
     # One block per batch, so every actor of the pool gets work and batches overlap.
@@ -66,4 +66,4 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, api_base: s
     answered = call_dataset(requests, ep, messages_column="messages",
                             params_column="api_params" if gen.sampling.seed is not None else None, ledgers=ledgers,
                             name=gen.name)
-    return answered.map_batches(_to_candidates, batch_format="pyarrow", **LIGHT)
+    return answered.map_batches(_to_candidates, batch_format="pyarrow", **light_map())

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from persodpo.generate import candidates
 from persodpo.generate.config import GenerateConfig, GeneratorConfig, VllmOptions
-from persodpo.generate.requests import LIGHT, build_requests
+from persodpo.generate.requests import build_requests, light_map
 from persodpo.prompting import max_new_tokens
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, model_path:
     params = sampling_params(gen, template, gcfg.word_limit)
     own_template = o.chat_template != "ray_stage"
     requests = prompts.map_batches(
-        vllm_requests, batch_format="pyarrow", zero_copy_batch=True, **LIGHT,
+        vllm_requests, batch_format="pyarrow", zero_copy_batch=True, **light_map(),
         fn_kwargs=dict(generator=gen.name, samples=gen.samples, template=template, word_limit=gcfg.word_limit,
                        seed=gen.sampling.seed, skip_ids=skip_ids, only_prompts=only_prompts,
                        model_path=model_path if own_template else None),
@@ -177,9 +177,9 @@ def generate(prompts, gen: GeneratorConfig, gcfg: GenerateConfig, *, model_path:
         processor_config(gen, model_path, device),
         preprocess=functools.partial(_preprocess, params=params),
         postprocess=_postprocess,
-        preprocess_map_kwargs=dict(LIGHT),
-        postprocess_map_kwargs=dict(LIGHT),
+        preprocess_map_kwargs=light_map(),
+        postprocess_map_kwargs=light_map(),
     )
     log.info("generator %s: vLLM on %s, model %s, %d sample(s) per prompt, max_tokens %d", gen.name, device,
              model_path, gen.samples, params["max_tokens"])
-    return processor(requests).map_batches(_to_candidates, batch_format="pyarrow", **LIGHT)
+    return processor(requests).map_batches(_to_candidates, batch_format="pyarrow", **light_map())

@@ -252,7 +252,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
         totals["nulls"], totals["reasons"] = {}, {}
         return out, totals
 
-    from persodpo.llm_api import API_BLOCKS_PER_ACTOR, actor_pool, api_actor_pool
+    from persodpo.llm_api import actor_pool, api_actor_pool
     from persodpo.raycluster import init_ray, read_output
 
     ray = init_ray(cfg.ray, cfg.storage)
@@ -301,7 +301,7 @@ def _run(cfg: PersoDPOConfig, metrics: list, judges: list, dims: list[str], sche
                 fn_constructor_kwargs={"judge": j.model_dump(mode="json"), "panel": c.panel.model_dump(mode="json"),
                                        "memo": memo, "ledger": ledger, "limiter": endpoint_limiter(j)},
                 compute=api_actor_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
-                max_concurrency=API_BLOCKS_PER_ACTOR, batch_format="pyarrow")
+                batch_format="pyarrow")
     groups = [(m.name, m.writes()) for m in metrics]
     groups += [(f"judge_{j}_{d}", [f"judge_{j}_{d}"]) for j in judge_names for d in dims]
     private = bookkeeping_columns(judge_names, dims)
@@ -408,7 +408,7 @@ def _judge_pairwise(cfg: PersoDPOConfig, judges: list, dims: list[str], prompts:
     verdicts go to ``<output>/pairwise``, counts, tokens and cost to each judge's summary."""
     import ray
 
-    from persodpo.llm_api import API_BLOCKS_PER_ACTOR, api_actor_pool
+    from persodpo.llm_api import api_actor_pool
     from persodpo.rate_limit import endpoint_limiter
     from persodpo.score.cache import judge_namespace
     from persodpo.score.pairwise import (ORDERS, PAIRWISE, PairwiseJudgeActor, pairwise_audit,
@@ -437,7 +437,7 @@ def _judge_pairwise(cfg: PersoDPOConfig, judges: list, dims: list[str], prompts:
                                        "prompts": [ray.put(prompts)], "memo": memo, "ledger": ledger,
                                        "limiter": endpoint_limiter(j)},
                 compute=api_actor_pool(j.concurrency), num_cpus=j.num_cpus, batch_size=j.batch_size,
-                max_concurrency=API_BLOCKS_PER_ACTOR, batch_format="pyarrow")
+                batch_format="pyarrow")
         names = [j.name for j in judges]
         for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             rows += verdict_rows(block, names, dims)

@@ -8,7 +8,6 @@ distributed sampler shards the batches, exactly as under ``deepspeed``/``torchru
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -55,19 +54,13 @@ def _checkpoint_run_info(checkpoint) -> dict | None:
         return json.loads(f.read())
 
 
-@functools.lru_cache(maxsize=4)
-def _parameters(model_path: str, lora: bool) -> tuple[int, int]:
-    from persodpo.train.zero import count_parameters
-
-    return count_parameters(model_path, lora_trainable=0.01 if lora else None)
-
-
 def _state_args(c, model_path: str, on_gpu: bool) -> dict:
     """What the ZeRO stage and the micro-batch choices both estimate model states from
     (persodpo.train.zero.state_bytes), the parameters counted once per worker."""
     from persodpo.train.dpo import resolve_precision
+    from persodpo.train.zero import model_parameters
 
-    n, trainable = _parameters(model_path, c.lora.enabled)
+    n, trainable = model_parameters(model_path, c.lora.enabled)
     return {"n_params": n, "trainable": trainable, "precision": resolve_precision(c.precision, on_gpu),
             "ref_copy": not (c.lora.enabled or c.precompute_ref_log_probs),
             "offload_optimizer": c.offload_optimizer, "offload_params": c.offload_params}

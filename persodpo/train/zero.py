@@ -8,6 +8,7 @@ transformers from the model's hidden size.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
@@ -146,6 +147,12 @@ def choose_zero_stage(*, n_params: int, trainable: int, world_size: int, device_
     s = min(order, key=lambda k: (est[k], k))
     return s, (f"ZeRO-{s}: smallest estimate ~{est[s] / GiB:.1f} GiB, still over {budget:.0%} of {where}; "
                f"{size}: expect out-of-memory (use LoRA, offload or more workers)")
+
+
+@functools.lru_cache(maxsize=4)   # the ZeRO stage and the micro-batch choices both ask, on every worker
+def model_parameters(model_path: str, lora: bool) -> tuple[int, int]:
+    """(parameters, trainable parameters) of the model ``train`` would fine-tune (LoRA: about 1%)."""
+    return count_parameters(model_path, lora_trainable=0.01 if lora else None)
 
 
 def count_parameters(model_path: str, *, lora_trainable: float | None = None) -> tuple[int, int]:
