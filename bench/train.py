@@ -109,25 +109,18 @@ def padding_report(table, name: str, *, model: str, batch: int, workers: int, ma
     from transformers import AutoTokenizer
 
     from persodpo.models import resolve_model
-    from persodpo.train.batching import grouped_order, padded_share, random_order
+    from persodpo.train.batching import grouped_order, message_pair_lengths, padded_share, random_order
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(model))
-
-    def n_tokens(messages) -> int:
-        return min(len(tok.apply_chat_template(messages, tokenize=True, return_dict=False)), max_length)
-
-    rows = table.select(["prompt", "chosen", "rejected"]).to_pylist()
-    chosen = [n_tokens(r["prompt"] + r["chosen"]) for r in rows]
-    rejected = [n_tokens(r["prompt"] + r["rejected"]) for r in rows]
+    chosen, rejected = message_pair_lengths(table, AutoTokenizer.from_pretrained(resolve_model(model)), max_length)
     longest = [max(a, b) for a, b in zip(chosen, rejected)]
 
     def share(order) -> float:    # each rank pads its own micro-batch of `batch` pairs
         return padded_share(chosen, rejected, [order[k:k + batch] for k in range(0, len(order), batch)])
 
     seeds = range(42, 42 + epochs)
-    rand = sum(share(random_order(len(rows), s)) for s in seeds) / epochs
+    rand = sum(share(random_order(len(chosen), s)) for s in seeds) / epochs
     grouped = sum(share(grouped_order(longest, batch * workers, s)) for s in seeds) / epochs
-    return {"bench": "train-padding", "pairs": name, "n_pairs": len(rows), "model": model,
+    return {"bench": "train-padding", "pairs": name, "n_pairs": len(chosen), "model": model,
             "per_device_batch": batch, "workers": workers, "max_length": max_length,
             "tokens_min_median_max": [min(longest), sorted(longest)[len(longest) // 2], max(longest)],
             "pad_share_random": round(rand, 4), "pad_share_grouped": round(grouped, 4), "target": 0.15}

@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, key, kw in flags:
             p.add_argument(flag, dest=f"flag_{key}", **kw)
         if name in ("plan", "run"):  # not config keys: what to do with the config, not part of it
-            p.add_argument("--pilot", type=int, metavar="N", help="first run ingest, generate and score for real on "
-                           "N prompts (into ROOT/runs/RUN_ID-pilot; real requests) and calibrate reply tokens, cost "
-                           "and wall time from it" + ("" if name == "plan" else " (with --dry-run)"))
+            p.add_argument("--pilot", type=int, metavar="N", help="first run ingest, generate, score and pairs for "
+                           "real on N prompts (into ROOT/runs/RUN_ID-pilot; real requests) and calibrate reply tokens, "
+                           "cost, wall time and train's size from it" + ("" if name == "plan" else " (with --dry-run)"))
             p.add_argument("--accelerator", metavar="NAME", help="the training GPUs (H100, A100, L4, ...; Ray's "
                            "accelerator type names) for train's GPU-hours in the plan")
             p.add_argument("--mfu", type=float, metavar="X", help="model FLOPs utilisation assumed for train's "
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             summary = _check(cfg, args.cluster)
         elif args.command == "plan" or (args.command == "run" and args.dry_run):
-            summary = {**({"dry_run": True} if args.command == "run" else {}), **_plan(cfg, args.pilot, args.accelerator, args.mfu)}
+            summary = {**({"dry_run": True} if args.command == "run" else {}),
+                       **_plan(cfg, args.pilot, args.accelerator, args.mfu)}
         elif args.command == "run" and args.pilot:
             from persodpo.errors import ConfigError
 

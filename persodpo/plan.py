@@ -147,7 +147,7 @@ def run_pilot(cfg: PersoDPOConfig, n: int) -> dict:
 
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)   # a measurement: never reused
-    log.info("pilot: ingest, generate and score on %d prompt(s) -> %s (real requests)", c.generate.max_prompts,
+    log.info("pilot: ingest, generate, score and pairs on %d prompt(s) -> %s (real requests)", c.generate.max_prompts,
              run_dir(c))
     summary = run_pipeline(c)["stages"]
     return {**pilot_measurements(summary, c.storage), "prompts": c.generate.max_prompts, "run_dir": run_dir(c)}
@@ -394,15 +394,10 @@ def pair_tokens(pairs, model_path: str, max_length: int | None) -> float:
     the model's chat template, each cut at ``max_length``."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    cap = max_length or 10 ** 9
+    from persodpo.train.batching import message_pair_lengths
 
-    def n(msgs):
-        text = tok.apply_chat_template([dict(m) for m in msgs], tokenize=False)
-        return min(cap, len(tok(text, add_special_tokens=False)["input_ids"]))
-
-    rows = pairs.to_pylist()
-    return sum(n(r["prompt"] + r["chosen"]) + n(r["prompt"] + r["rejected"]) for r in rows) / len(rows) if rows else 0.0
+    chosen, rejected = message_pair_lengths(pairs, AutoTokenizer.from_pretrained(model_path), max_length)
+    return (sum(chosen) + sum(rejected)) / len(chosen) if chosen else 0.0
 
 
 def plan_train(cfg: PersoDPOConfig, n_prompts: int, pilot: dict | None, accelerator: str | None = None,
@@ -423,8 +418,9 @@ def plan_train(cfg: PersoDPOConfig, n_prompts: int, pilot: dict | None, accelera
     plan = StagePlan("train", rows=None)
     pairs = (pilot or {}).get("pairs")
     if not pairs or not pilot.get("prompts"):
-        plan.unknown = {"rows": "the pairs: known after scoring (use --pilot N)", "gpu_hours": "no pilot",
-                        "wall_s": "no pilot"}
+        why = "the pilot built no pairs (pairs is not in run.stages)" if pilot else "no pilot"
+        plan.unknown = {"rows": "the pairs: known after scoring (use --pilot N with pairs in run.stages)",
+                        "gpu_hours": why, "wall_s": why}
         return plan
     kept = sum(v for k, v in pairs["by_pair_type"].items() if k in t.pair_types)
     plan.rows = round(kept / pilot["prompts"] * n_prompts)

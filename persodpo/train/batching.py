@@ -40,6 +40,19 @@ def pair_lengths(table: pa.Table, max_length: int | None) -> tuple[list[int], li
     return out[0], out[1]
 
 
+def message_pair_lengths(table: pa.Table, tokenizer, max_length: int | None) -> tuple[list[int], list[int]]:
+    """Chosen and rejected sequence lengths of pairs still as messages (a pairs table's prompt,
+    chosen, rejected): each side with its prompt in the tokenizer's chat template, cut at
+    ``max_length``. For estimates made before TRL tokenizes (the padding bench, ``persodpo plan``)."""
+    cap = max_length or 10 ** 12
+
+    def n(messages) -> int:
+        return min(len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)), cap)
+
+    rows = table.select(["prompt", "chosen", "rejected"]).to_pylist()
+    return [n(r["prompt"] + r["chosen"]) for r in rows], [n(r["prompt"] + r["rejected"]) for r in rows]
+
+
 def padded_share(chosen: Sequence[int], rejected: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
     """Share of padded positions over ``batches`` (lists of pair indices), TRL's layout: each
     batch is 2 x len(batch) rows padded to its longest chosen or rejected sequence."""
